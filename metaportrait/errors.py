@@ -1,0 +1,31 @@
+"""The package's own exceptions: every user-facing failure is one of these, with a clear message."""
+
+from __future__ import annotations
+
+
+class MetaPortraitError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class NoFaceError(MetaPortraitError):
+    """No face was found where one is required (a source photo, a driving frame, a training clip)."""
+
+
+class InvalidImageError(MetaPortraitError):
+    """The file is not a decodable image, or its mode/size cannot be handled."""
+
+
+class InvalidVideoError(MetaPortraitError):
+    """The file is not a decodable video, is truncated, or has no frames."""
+
+
+class InputTooLargeError(MetaPortraitError):
+    """An input exceeds a configured limit (pixels, duration, frame count, file size)."""
+
+
+class WeightsError(MetaPortraitError):
+    """Weights are missing, do not match the model's config, or cannot be fetched."""
+
+
+class MultipleFacesWarning(UserWarning):
+    """Several faces were found; the largest one is used."""

@@ -1,0 +1,73 @@
+"""Shared fixtures: real faces and real video clips (see examples/README.md for provenance)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """Public-domain NASA portrait, 512×512×3 uint8 RGB."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def mona_lisa() -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(EXAMPLES / "mona_lisa.jpg").convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def driving_video() -> Path:
+    """5 s talking-face clip, 120 frames at 24 fps, 360×288, no audio."""
+    return EXAMPLES / "driving_franck.mp4"
+
+
+@pytest.fixture(scope="session")
+def driving_video_audio() -> Path:
+    """4 s talking-face clip with AAC audio, 100 frames at 25 fps."""
+    return EXAMPLES / "driving_speech.mp4"
+
+
+@pytest.fixture(scope="session")
+def driving_frames(driving_video) -> list[np.ndarray]:
+    """The first 24 RGB frames of the driving clip."""
+    import av
+
+    frames = []
+    with av.open(str(driving_video)) as c:
+        for f in c.decode(video=0):
+            frames.append(f.to_ndarray(format="rgb24"))
+            if len(frames) == 24:
+                break
+    return frames
+
+
+@pytest.fixture(scope="session")
+def no_face_image() -> np.ndarray:
+    """A real photograph without a face (scikit-image's coffee cup)."""
+    from skimage import data
+
+    return data.coffee()
