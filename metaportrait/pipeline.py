@@ -1,0 +1,354 @@
+"""The one-shot reenactment pipeline: a portrait photo + a driving video -> a talking-head video.
+
+MetaPortrait §3.1 at inference time (DESIGN.md §2.1, §2.7):
+
+1. the source face is detected (largest face, MediaPipe), cropped square with margin to 256² and
+   its 478 dense landmarks, landmark image and identity embedding (SFace) are computed once;
+2. driving frames stream from the video; each gets landmarks (tracking mode), One-Euro
+   smoothing, and one crop box fixed on the first driving frame with a face (as the paper crops);
+3. motion transfer: ``absolute`` uses the driving landmarks as they are (same person),
+   ``relative`` moves the source's own landmarks by the driving expression and head-pose change
+   relative to the first driving frame (cross-identity; the driver's face shape does not leak);
+4. the generator (warping + ID-preserving refinement) runs in batches under
+   ``torch.inference_mode`` (autocast on CUDA);
+5. frames are optionally pasted back into the photo, labelled, and encoded to H.264 with the
+   driving audio; nothing is written unless the whole video succeeds.
+
+Memory does not grow with the video length: frames stream through fixed-size batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from metaportrait.errors import MetaPortraitError, NoFaceError, WeightsError
+from metaportrait.face import (
+    CropTransform,
+    FaceAnalyzer,
+    OneEuroFilter,
+    draw_landmark_image,
+    five_points,
+    mesh_warp_grid,
+    transfer_landmarks,
+)
+from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
+from metaportrait.models.face_align import align_faces
+from metaportrait.models.generator import MetaPortraitGenerator
+from metaportrait.models.identity_encoder import IdentityEncoder
+from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
+from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+"""``progress(done, total, stage)``; ``total`` is 0 when unknown."""
+
+
+@dataclass(frozen=True)
+class ReenactOptions:
+    """Per-request settings (a new object per request; never mutated)."""
+
+    mode: Literal["absolute", "relative"] = "relative"
+    paste_back: bool = False
+    visible_label: bool = True
+    batch_size: int = 8
+    max_seconds: float | None = None
+    smooth_landmarks: bool = True
+    smoothing_min_cutoff: float = 1.0
+    smoothing_beta: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("absolute", "relative"):
+            raise ValueError(f"mode must be 'absolute' or 'relative', got {self.mode!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+
+@dataclass(frozen=True)
+class SourceFace:
+    """Everything computed once from the source photo."""
+
+    image: np.ndarray  # the whole photo, uint8 RGB
+    crop: CropTransform
+    face: np.ndarray  # size×size×3 uint8 crop
+    landmarks: np.ndarray  # 478×2 in crop pixels
+    identity: torch.Tensor  # 1×D embedding
+
+
+@dataclass(frozen=True)
+class ReenactResult:
+    output_path: Path
+    num_frames: int
+    fps: float
+    has_audio: bool
+    frames_without_face: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def fps_end_to_end(self) -> float:
+        total = sum(self.timings.values())
+        return self.num_frames / total if total > 0 else float("nan")
+
+
+def to_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 ``(B×)H×W×3`` -> float ``B×3×H×W`` in [-1, 1]."""
+    arr = np.stack(images) if isinstance(images, list) else images
+    if arr.ndim == 3:
+        arr = arr[None]
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float ``B×3×H×W`` in [-1, 1] -> uint8 ``B×H×W×3``."""
+    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class MetaPortraitPipeline:
+    """Reenact a portrait photo with the motion of a driving video.
+
+    >>> pipe = MetaPortraitPipeline.from_pretrained()          # embedded weights
+    >>> pipe.reenact("photo.jpg", "driving.mp4", "out.mp4")    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        generator: MetaPortraitGenerator,
+        identity_encoder: IdentityEncoder,
+        *,
+        device: str | torch.device = "cpu",
+        limits: InputLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.identity_encoder = identity_encoder.to(self.device).eval().requires_grad_(False)
+        self.limits = limits
+        self.size = int(generator.config.warping.image_size)
+        self.use_prior = bool(generator.config.warping.use_prior)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        weights: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        identity_encoder: str | Path | None = None,
+        adapter: str | Path | None = None,
+        limits: InputLimits = DEFAULT_LIMITS,
+    ) -> MetaPortraitPipeline:
+        """Load from a pipeline folder, a single generator folder or a Hub repo id (strict).
+
+        ``weights=None`` uses the embedded ``weights/`` folder (or ``$METAPORTRAIT_WEIGHTS``);
+        ``adapter`` is a personalization adapter folder (``metaportrait personalize``).
+        """
+        from metaportrait.identity import load_identity_encoder
+
+        folder = resolve_pipeline_folder(weights, components=("base",))
+        index = read_model_index(folder)
+        gen_dir = component_folder(folder, index, "generator")
+        if gen_dir is None:
+            raise WeightsError(f"{folder}: model_index.json names no generator")
+        generator = MetaPortraitGenerator.from_pretrained(gen_dir)
+        if adapter is not None:
+            from metaportrait.adapters import load_adapter, merge_adapter
+
+            load_adapter(generator, adapter)
+            generator = merge_adapter(generator)
+        encoder = load_identity_encoder(identity_encoder)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(generator, encoder, device=device, limits=limits)
+
+    # ------------------------------------------------------------------ source
+    def prepare_source(self, image: str | Path | np.ndarray, analyzer: FaceAnalyzer | None = None) -> SourceFace:
+        """Detect, crop and embed the source face (largest face; warns if several)."""
+        img = load_image(image, self.limits)
+        own = analyzer is None
+        analyzer = analyzer or FaceAnalyzer(static_image_mode=True)
+        try:
+            try:
+                det = analyzer.largest(img)
+            except NoFaceError as exc:
+                raise NoFaceError(f"no face found in the source image ({img.shape[1]}×{img.shape[0]}): {exc}") from exc
+        finally:
+            if own:
+                analyzer.close()
+        crop = CropTransform.from_landmarks(det.landmarks, size=self.size)
+        face = crop.crop(img)
+        landmarks = crop.points_to_crop(det.landmarks).astype(np.float32)
+        identity = self.embed_identity(face, landmarks)
+        return SourceFace(image=img, crop=crop, face=face, landmarks=landmarks, identity=identity)
+
+    @torch.inference_mode()
+    def embed_identity(self, face: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
+        x = to_tensor(face, self.device)
+        pts = torch.from_numpy(five_points(landmarks)).to(self.device)[None]
+        return self.identity_encoder(align_faces(x, pts)).float()
+
+    # ------------------------------------------------------------------ driving
+    def driving_landmarks(
+        self, frames: Iterable[np.ndarray], options: ReenactOptions, stats: dict[str, float]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Yield (frame, landmarks in the driving crop or None) for each frame, streaming."""
+        crop: CropTransform | None = None
+        filt = OneEuroFilter(min_cutoff=options.smoothing_min_cutoff, beta=options.smoothing_beta)
+        last: np.ndarray | None = None
+        with FaceAnalyzer(static_image_mode=False, max_faces=1) as analyzer:
+            for i, frame in enumerate(frames):
+                t0 = time.perf_counter()
+                dets = analyzer.detect(frame)
+                lm = None
+                if dets:
+                    if crop is None:
+                        crop = CropTransform.from_landmarks(dets[0].landmarks, size=self.size)
+                    lm = crop.points_to_crop(dets[0].landmarks).astype(np.float32)
+                    if options.smooth_landmarks:
+                        lm = filt(lm, i).astype(np.float32)
+                    last = lm
+                elif last is not None:
+                    lm = last  # hold the last pose through a missed detection
+                stats["landmarks"] = stats.get("landmarks", 0.0) + time.perf_counter() - t0
+                yield frame, lm
+
+    # ------------------------------------------------------------------ generation
+    @torch.inference_mode()
+    def generate(self, source: SourceFace, driving_landmarks: list[np.ndarray]) -> np.ndarray:
+        """Generate ``len(driving_landmarks)`` frames (uint8 B×S×S×3) for landmarks in crop pixels."""
+        n = len(driving_landmarks)
+        src = to_tensor(source.face, self.device).expand(n, -1, -1, -1)
+        ls = to_tensor(draw_landmark_image(source.landmarks, self.size), self.device).expand(n, -1, -1, -1)
+        ld = to_tensor([draw_landmark_image(lm, self.size) for lm in driving_landmarks], self.device)
+        prior = None
+        if self.use_prior:
+            grids = [mesh_warp_grid(source.landmarks, lm, self.size) for lm in driving_landmarks]
+            prior = torch.from_numpy(np.stack(grids)).to(self.device)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        with autocast:
+            out = self.generator(src, ls, ld, source.identity.expand(n, -1), prior_grid=prior)
+        return to_uint8(out.image)
+
+    def animate(
+        self,
+        source: SourceFace,
+        driving_frames: Iterable[np.ndarray],
+        options: ReenactOptions = ReenactOptions(),
+        stats: dict[str, float] | None = None,
+        on_frame: Callable[[int], None] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Stream output frames (uint8): the 256² crop, or the photo with the face pasted back."""
+        stats = {} if stats is None else stats
+        reference: np.ndarray | None = None
+        pending: list[np.ndarray | None] = []
+        missed = 0
+
+        def flush() -> Iterator[np.ndarray]:
+            targets = [lm for lm in pending if lm is not None]
+            t0 = time.perf_counter()
+            generated = iter(self.generate(source, targets)) if targets else iter(())
+            stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t0
+            for lm in pending:
+                face = next(generated) if lm is not None else source.face
+                if options.paste_back:
+                    frame = source.crop.paste_back(source.image, face)
+                else:
+                    frame = face
+                if options.visible_label:
+                    frame = add_visible_label(frame)
+                yield frame
+            pending.clear()
+
+        count = 0
+        for _frame, lm in self.driving_landmarks(driving_frames, options, stats):
+            if lm is None:
+                missed += 1
+                pending.append(None)
+            else:
+                if reference is None:
+                    reference = lm
+                pending.append(transfer_landmarks(source.landmarks, lm, reference, mode=options.mode).astype(np.float32))
+            if len(pending) >= options.batch_size:
+                for frame in flush():
+                    count += 1
+                    if on_frame:
+                        on_frame(count)
+                    yield frame
+        if pending:
+            for frame in flush():
+                count += 1
+                if on_frame:
+                    on_frame(count)
+                yield frame
+        if reference is None:
+            raise NoFaceError("no face was found in any frame of the driving video")
+        stats["frames_without_face"] = float(missed)
+
+    def reenact(
+        self,
+        source: str | Path | np.ndarray,
+        driving: str | Path,
+        output: str | Path,
+        options: ReenactOptions = ReenactOptions(),
+        progress: ProgressCallback | None = None,
+    ) -> ReenactResult:
+        """Write the reenacted video to ``output`` (H.264 mp4 with the driving audio).
+
+        Raises a :class:`~metaportrait.errors.MetaPortraitError` subclass on bad input; no
+        output file is left behind on failure.
+        """
+        output = Path(output)
+        limits = self.limits
+        info = probe_video(driving, limits)
+        max_frames = info.num_frames
+        if options.max_seconds is not None:
+            max_frames = min(max_frames, max(1, int(round(options.max_seconds * info.fps))))
+        stats: dict[str, float] = {}
+        t0 = time.perf_counter()
+        src = self.prepare_source(source)
+        stats["source"] = time.perf_counter() - t0
+        if progress:
+            progress(0, max_frames, "frames")
+        frames = iter_frames(driving, max_frames=max_frames, limits=limits)
+        written = 0
+        with VideoWriter(output, fps=info.fps, audio_from=driving if info.has_audio else None,
+                         metadata={"title": "metaportrait reenactment", "source_mode": options.mode}) as writer:
+            for frame in self.animate(src, frames, options, stats):
+                t1 = time.perf_counter()
+                writer.write(frame)
+                stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
+                written += 1
+                if progress:
+                    progress(written, max_frames, "frames")
+            t1 = time.perf_counter()
+        stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
+        missed = int(stats.pop("frames_without_face", 0))
+        if missed:
+            warnings.warn(f"{missed} of {written} driving frames had no detectable face; the previous pose was held", stacklevel=2)
+        return ReenactResult(
+            output_path=output, num_frames=written, fps=info.fps, has_audio=info.has_audio,
+            frames_without_face=missed, timings=stats,
+        )
+
+
+__all__ = [
+    "MetaPortraitPipeline",
+    "ReenactOptions",
+    "ReenactResult",
+    "SourceFace",
+    "MetaPortraitError",
+    "to_tensor",
+    "to_uint8",
+]

@@ -1,0 +1,90 @@
+"""Where weights come from: the embedded ``weights/`` folder, any local folder, or a Hub repo.
+
+A *pipeline folder* (the layout of ``weights/`` and of a Hub repo made by ``push_to_hub``)::
+
+    model_index.json          {"format": "metaportrait-pipeline-v1", "generator": "base", ...}
+    base/                     MetaPortraitGenerator (config.json, model.safetensors, README.md)
+    meta/                     optional meta-learned generator (same class), for personalization
+    sr/                       optional TemporalSuperResolution
+    fewshot/{embedder,generator,discriminator}/   optional few-shot family
+
+``PyTorchModelHubMixin.from_pretrained`` has no ``subfolder``; a Hub repo is therefore fetched
+with ``snapshot_download(allow_patterns=...)`` and the sub-models are loaded from the local
+snapshot (strictly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from metaportrait.errors import WeightsError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_WEIGHTS = REPO_ROOT / "weights"
+MODEL_INDEX = "model_index.json"
+FORMAT = "metaportrait-pipeline-v1"
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def resolve_pipeline_folder(source: str | Path | None, components: tuple[str, ...] = ("base",)) -> Path:
+    """Return a local pipeline folder for ``source`` (None = the embedded ``weights/``).
+
+    ``source`` may be a local folder (a pipeline folder, or a single generator folder holding
+    ``config.json`` + ``model.safetensors``, which is then treated as ``base``) or a Hub repo id.
+    Only the listed ``components`` are downloaded from the Hub.
+    """
+    if source is None:
+        source = os.environ.get("METAPORTRAIT_WEIGHTS") or EMBEDDED_WEIGHTS
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise WeightsError(f"{path} is a file; pass a folder that holds {MODEL_INDEX} or a Hub repo id")
+    text = str(source)
+    if not _REPO_ID.fullmatch(text):
+        raise WeightsError(f"weights folder {text!r} does not exist (and it is not an 'org/name' Hub repo id)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = [MODEL_INDEX, "README.md"] + [f"{c}/*" for c in components]
+    try:
+        return Path(snapshot_download(repo_id=text, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        hint = " (HF_HUB_OFFLINE is set and the repo is not in the local cache)" if offline else ""
+        raise WeightsError(f"could not fetch weights {text!r} from the Hugging Face Hub{hint}: {exc}") from exc
+
+
+def read_model_index(folder: Path) -> dict:
+    index_file = folder / MODEL_INDEX
+    if not index_file.is_file():
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            return {"format": FORMAT, "generator": "."}
+        raise WeightsError(f"{folder} holds neither {MODEL_INDEX} nor a model (config.json + model.safetensors)")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{index_file} is not valid JSON: {exc}") from exc
+    if index.get("format") != FORMAT:
+        raise WeightsError(f"{index_file}: unknown format {index.get('format')!r}, expected {FORMAT!r}")
+    return index
+
+
+def component_folder(folder: Path, index: dict, name: str) -> Path | None:
+    """Folder of component ``name`` ("generator", "meta", "sr", "fewshot"), or None if absent."""
+    sub = index.get(name)
+    if not sub:
+        return None
+    path = (folder / sub).resolve()
+    if not path.is_dir():
+        raise WeightsError(f"{MODEL_INDEX} names {name}={sub!r} but {path} does not exist")
+    return path
+
+
+def write_model_index(folder: Path, **components: str | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {"format": FORMAT, **{k: v for k, v in components.items() if v}}
+    (folder / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
