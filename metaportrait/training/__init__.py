@@ -1,0 +1,1 @@
+"""Training: datasets, losses and the Accelerate loops (base, meta, super-resolution, few-shot)."""
