@@ -188,10 +188,19 @@ class MetaPortraitPipeline:
             if own:
                 analyzer.close()
         crop = CropTransform.from_landmarks(det.landmarks, size=self.size)
-        face = crop.crop(img)
-        landmarks = crop.points_to_crop(det.landmarks).astype(np.float32)
+        return self.source_from_crop(crop.crop(img), crop.points_to_crop(det.landmarks), image=img, crop=crop)
+
+    def source_from_crop(
+        self, face: np.ndarray, landmarks: np.ndarray, *, image: np.ndarray | None = None, crop: CropTransform | None = None
+    ) -> SourceFace:
+        """A :class:`SourceFace` from an already cropped ``size×size`` face and its landmarks (crop pixels)."""
+        if face.shape != (self.size, self.size, 3):
+            raise ValueError(f"face crop must be {self.size}×{self.size}×3, got {face.shape}")
+        landmarks = np.asarray(landmarks, dtype=np.float32)
         identity = self.embed_identity(face, landmarks)
-        return SourceFace(image=img, crop=crop, face=face, landmarks=landmarks, identity=identity)
+        if crop is None:
+            crop = CropTransform(center=(self.size / 2, self.size / 2), side=float(self.size), size=self.size)
+        return SourceFace(image=face if image is None else image, crop=crop, face=face, landmarks=landmarks, identity=identity)
 
     @torch.inference_mode()
     def embed_identity(self, face: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
