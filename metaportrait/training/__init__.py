@@ -1,1 +1,5 @@
-"""Training: datasets, losses and the Accelerate loops (base, meta, super-resolution, few-shot)."""
+"""Training: datasets, losses, the Accelerate loops (base, meta-learning, super-resolution, few-shot).
+
+``metaportrait.training.reptile`` implements Reptile (MetaPortrait Algorithm 1) and the
+budgeted fine-tuning used for personalization.
+"""
