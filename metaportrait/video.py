@@ -307,7 +307,7 @@ def iter_frames(
                     f"'{p}' is corrupt: no video frame could be decoded (FFmpeg: {e})."
                 ) from e
             raise InvalidVideoError(
-                f"'{p}' is truncated or corrupt: decoding failed after {n} of "
+                f"'{p}' is truncated or corrupt: decoding stopped after {n} of "
                 f"{info.num_frames}{'' if info.frames_counted else ' (estimated)'} frames "
                 f"(FFmpeg: {e})."
             ) from e
@@ -315,8 +315,8 @@ def iter_frames(
         raise InvalidVideoError(f"'{p}' has a video stream but no decodable frames.")
     if info.frames_counted and n < info.num_frames - _MISSING_FRAMES_TOLERANCE:
         raise InvalidVideoError(
-            f"'{p}' is truncated: only {n} of the {info.num_frames} frames its header lists "
-            "could be read."
+            f"'{p}' is truncated or corrupt: decoding stopped after {n} of the "
+            f"{info.num_frames} frames its header lists."
         )
 
 
