@@ -9,9 +9,12 @@ torch so that gradients flow from the identity loss back into the generated imag
    five detected points to the template, in closed form (no SVD: in 2D the rotation-and-scale
    part ``[[a, -b], [b, a]]`` is linear in ``(a, b)``, and the least-squares solution over it is
    exactly Umeyama's proper-rotation solution), differentiable w.r.t. the points;
-2. :func:`align_faces` — warps the images with ``affine_grid``/``grid_sample`` (bilinear), with
-   the same pixel-centre convention as ``cv2.warpAffine`` (integer coordinates are pixel centres),
-   so it reproduces OpenCV's ``FaceRecognizerSF.alignCrop``.
+2. :func:`align_faces` — warps the images with ``affine_grid``/``grid_sample`` (bilinear). It
+   takes points in the package's landmark convention — continuous pixel coordinates, ``(0, 0)``
+   the top-left corner of the image, pixel centres at ``i + 0.5`` (MediaPipe's normalised
+   coordinates times the image size) — and converts them to the integer-centre convention of
+   ``cv2.warpAffine`` and of the template, so that with the same points it reproduces OpenCV's
+   ``FaceRecognizerSF.alignCrop`` given ``points - 0.5``.
 
 Point order (the template's order): eye on the image's left, eye on the image's right, nose
 tip, mouth corner on the image's left, mouth corner on the image's right — what
@@ -25,8 +28,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-# The standard ArcFace / InsightFace 5-point template for 112×112 crops (pixel coordinates x, y),
-# the same numbers OpenCV's FaceRecognizerSF.alignCrop uses.
+# The standard ArcFace / InsightFace 5-point template for 112×112 crops (pixel coordinates x, y,
+# integer-centre convention of cv2.warpAffine), the same numbers OpenCV's FaceRecognizerSF.alignCrop uses.
 ARCFACE_TEMPLATE_112 = torch.tensor(
     [
         [38.2946, 51.6963],
@@ -118,7 +121,8 @@ def align_faces(
 
     Args:
         images: ``B×3×H×W`` RGB in [-1, 1].
-        points: ``B×5×2`` pixel coordinates (x, y) in ``images``, template order (see module doc).
+        points: ``B×5×2`` pixel coordinates (x, y) in ``images``, template order, in the package's
+            landmark convention (pixel centres at ``i + 0.5``; see the module doc).
         out_size: side of the square output; the template is scaled by ``out_size / 112``.
         template: ``5×2`` target points for a 112×112 crop; default ``ARCFACE_TEMPLATE_112``.
         padding: what is sampled outside the image: ``"black"`` (-1, like ``cv2.warpAffine``'s
@@ -147,8 +151,9 @@ def align_faces(
 
     dtype = images.dtype if torch.is_floating_point(images) else torch.float32
     tmpl = ARCFACE_TEMPLATE_112 if template is None else template
-    tmpl = tmpl.to(device=images.device, dtype=torch.float32) * (out_size / 112.0)
-    pts = points.to(device=images.device, dtype=torch.float32)
+    # Scale the template in continuous coordinates, then work in integer-centre coordinates.
+    tmpl = (tmpl.to(device=images.device, dtype=torch.float32) + 0.5) * (out_size / 112.0) - 0.5
+    pts = points.to(device=images.device, dtype=torch.float32) - 0.5
     forward = _affine_to_3x3(estimate_similarity(pts, tmpl))  # source pixels -> output pixels
     height, width = images.shape[-2:]
     # theta: normalised output coords -> normalised source coords.

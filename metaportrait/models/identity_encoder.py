@@ -177,6 +177,10 @@ class IdentityEncoder(HubModel, tags=["face-recognition", "identity-embedding"])
             raise ValueError(f"unknown identity encoder arch {arch!r}")
         self._frozen = False
 
+    def generate_model_card(self, *args, **kwargs):
+        kwargs.setdefault("model_name", type(self).__name__)
+        return super().generate_model_card(*args, **kwargs)
+
     @property
     def embedding_dim(self) -> int:
         return int(self.config.embedding_dim)
