@@ -87,8 +87,8 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("One-shot reenactment"):
             with gr.Row():
                 with gr.Column():
-                    source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"])
-                    driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"])
+                    source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"], elem_id="source-image")
+                    driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"], elem_id="driving-video")
                     mode = gr.Radio(
                         ["relative", "absolute"], value="relative", label="Motion transfer",
                         info="relative: another person drives (keeps the source's face shape); absolute: same person",
@@ -96,7 +96,7 @@ def build_demo() -> gr.Blocks:
                     paste_back = gr.Checkbox(label="Paste the face back into the full photo", value=False)
                     run = gr.Button("Animate", variant="primary")
                 with gr.Column():
-                    result = gr.Video(label="Result", autoplay=True)
+                    result = gr.Video(label="Result", autoplay=True, elem_id="result-video")
             gr.Examples(
                 examples=[
                     [str(EXAMPLES / "astronaut.jpg"), str(EXAMPLES / "driving_speech.mp4"), "relative", False],

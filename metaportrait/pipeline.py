@@ -64,8 +64,8 @@ class ReenactOptions:
     batch_size: int = 8
     max_seconds: float | None = None
     smooth_landmarks: bool = True
-    smoothing_min_cutoff: float = 1.0
-    smoothing_beta: float = 0.3
+    smoothing_min_cutoff: float = 1.5  # Hz (One-Euro filter)
+    smoothing_beta: float = 0.075  # per 256-crop pixel/second; scaled to the model's crop size
 
     def __post_init__(self) -> None:
         if self.mode not in ("absolute", "relative"):
@@ -210,11 +210,12 @@ class MetaPortraitPipeline:
 
     # ------------------------------------------------------------------ driving
     def driving_landmarks(
-        self, frames: Iterable[np.ndarray], options: ReenactOptions, stats: dict[str, float]
+        self, frames: Iterable[np.ndarray], options: ReenactOptions, stats: dict[str, float], fps: float = 25.0
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield (frame, landmarks in the driving crop or None) for each frame, streaming."""
         crop: CropTransform | None = None
-        filt = OneEuroFilter(min_cutoff=options.smoothing_min_cutoff, beta=options.smoothing_beta)
+        beta = options.smoothing_beta * 256.0 / self.size
+        filt = OneEuroFilter(min_cutoff=options.smoothing_min_cutoff, beta=beta)
         last: np.ndarray | None = None
         with FaceAnalyzer(static_image_mode=False, max_faces=1) as analyzer:
             for i, frame in enumerate(frames):
@@ -226,7 +227,7 @@ class MetaPortraitPipeline:
                         crop = CropTransform.from_landmarks(dets[0].landmarks, size=self.size)
                     lm = crop.points_to_crop(dets[0].landmarks).astype(np.float32)
                     if options.smooth_landmarks:
-                        lm = filt(lm, i).astype(np.float32)
+                        lm = filt(lm, i / fps).astype(np.float32)
                     last = lm
                 elif last is not None:
                     lm = last  # hold the last pose through a missed detection
@@ -257,6 +258,7 @@ class MetaPortraitPipeline:
         options: ReenactOptions = ReenactOptions(),
         stats: dict[str, float] | None = None,
         on_frame: Callable[[int], None] | None = None,
+        fps: float = 25.0,
     ) -> Iterator[np.ndarray]:
         """Stream output frames (uint8): the 256² crop, or the photo with the face pasted back."""
         stats = {} if stats is None else stats
@@ -281,7 +283,7 @@ class MetaPortraitPipeline:
             pending.clear()
 
         count = 0
-        for _frame, lm in self.driving_landmarks(driving_frames, options, stats):
+        for _frame, lm in self.driving_landmarks(driving_frames, options, stats, fps=fps):
             if lm is None:
                 missed += 1
                 pending.append(None)
@@ -334,7 +336,7 @@ class MetaPortraitPipeline:
         written = 0
         with VideoWriter(output, fps=info.fps, audio_from=driving if info.has_audio else None,
                          metadata={"title": "metaportrait reenactment", "source_mode": options.mode}) as writer:
-            for frame in self.animate(src, frames, options, stats):
+            for frame in self.animate(src, frames, options, stats, fps=info.fps):
                 t1 = time.perf_counter()
                 writer.write(frame)
                 stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1

@@ -113,7 +113,7 @@ def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def interocular(landmarks: np.ndarray) -> float:
-    return float(np.linalg.norm(landmarks[LEFT_EYE].mean(0) - landmarks[RIGHT_EYE].mean(0)))
+    return float(np.linalg.norm(landmarks[list(LEFT_EYE)].mean(0) - landmarks[list(RIGHT_EYE)].mean(0)))
 
 
 def landmark_errors(output: np.ndarray, target: np.ndarray) -> tuple[float, float, float]:

@@ -1,0 +1,104 @@
+"""End-to-end reenactment benchmark (issue "One-shot reenactment", benchmark section).
+
+Prints, for the embedded (``demo``) weights on this machine's CPU:
+
+* frames per second of ``MetaPortraitPipeline.reenact`` end to end, split into landmarks /
+  generation / encoding (seconds per frame of each stage);
+* peak RSS of a whole run on a 10 s and on a 60 s driving video (each run in its own process);
+* the reference: FOMM vox-256 (keypoint detector + generator, random weights) per-frame time
+  measured in the same run, and the ratio of our per-frame time to it (DESIGN.md §2.8: the
+  "≥ 10 FPS" target means ≤ 0.2× FOMM's per-frame time on the same machine).
+
+Usage: ``python benchmarks/reenactment.py [--threads 2] [--weights DIR]``. Driving videos of
+10 s and 60 s are built by looping ``examples/driving_speech.mp4`` forwards and backwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CHILD = r"""
+import json, resource, sys, time, torch
+torch.set_num_threads(int(sys.argv[4]))
+from metaportrait.pipeline import MetaPortraitPipeline, ReenactOptions
+pipe = MetaPortraitPipeline.from_pretrained(sys.argv[5] or None, device="cpu")
+t0 = time.perf_counter()
+r = pipe.reenact(sys.argv[1], sys.argv[2], sys.argv[3], ReenactOptions(mode="relative"))
+wall = time.perf_counter() - t0
+print(json.dumps({"frames": r.num_frames, "wall": wall, "timings": r.timings,
+                  "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def make_driving(src: Path, seconds: float, out: Path) -> None:
+    """Loop ``src`` forwards/backwards (ping-pong, so motion stays natural) to ``seconds``."""
+    from metaportrait.video import VideoWriter, iter_frames, probe_video
+
+    info = probe_video(src)
+    frames = list(iter_frames(src))
+    need = int(round(seconds * info.fps))
+    order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))
+    with VideoWriter(out, fps=info.fps, crf=23) as w:
+        for i in range(need):
+            w.write(frames[order[i % len(order)]])
+
+
+def fomm_ms_per_frame(threads: int) -> float:
+    """Per-frame time of FOMM vox-256 (random weights), from benchmarks/networks.py."""
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from networks import time_fomm  # the reference lives with the network benchmark
+
+    return time_fomm(batch=1, repeats=5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", default="")
+    ap.add_argument("--durations", default="10,60")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seconds in [float(s) for s in args.durations.split(",")]:
+            drv = Path(tmp) / f"driving_{seconds:g}s.mp4"
+            make_driving(REPO / "examples" / "driving_speech.mp4", seconds, drv)
+            out = Path(tmp) / f"out_{seconds:g}s.mp4"
+            proc = subprocess.run(
+                [sys.executable, "-c", CHILD, str(REPO / "examples" / "astronaut.jpg"), str(drv), str(out),
+                 str(args.threads), args.weights],
+                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr)
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append((seconds, res))
+    fomm = fomm_ms_per_frame(args.threads)
+    print(f"\nCPU threads: {args.threads}; FOMM vox-256 reference (random weights, batch 1): {fomm:.1f} ms/frame\n")
+    print("| driving | frames | FPS end to end | landmarks ms/f | generation ms/f | encoding ms/f | total ms/f | × FOMM | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for seconds, r in rows:
+        n = r["frames"]
+        t = r["timings"]
+        per = {k: 1000 * t.get(k, 0.0) / n for k in ("landmarks", "generation", "encoding")}
+        total = 1000 * r["wall"] / n
+        print(f"| {seconds:g} s | {n} | {n / r['wall']:.1f} | {per['landmarks']:.1f} | {per['generation']:.1f} "
+              f"| {per['encoding']:.1f} | {total:.1f} | {total / fomm:.2f} | {r['maxrss_mib']:.0f} |")
+    if len(rows) == 2:
+        a, b = rows[0][1]["maxrss_mib"], rows[1][1]["maxrss_mib"]
+        print(f"\npeak RSS {rows[1][0]:g} s / {rows[0][0]:g} s = {b / a:.3f} (target ≤ 1.10; ≤ 2048 MiB)")
+
+
+if __name__ == "__main__":
+    main()

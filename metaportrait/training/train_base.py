@@ -1,0 +1,365 @@
+"""Base-model training on Accelerate (MetaPortrait §3.1 and §4 "Implementation details").
+
+Two stages (DESIGN.md §2.4): stage 1 trains the warping network alone (``stage="warp"``: the
+generator's image is the warped source, losses L_w^VGG + eye/mouth); stage 2 trains warping +
+refinement together (``stage="full"``: all terms, warp learning rate ×0.1 as the official code).
+The objective is L = L_w^VGG + λ_r L_r^VGG + λ_id L_id + λ_eye L_eye + λ_mouth L_mouth + λ_adv L_adv.
+
+Accelerate gives mixed precision (bf16/fp16), gradient accumulation, multi-GPU
+(``accelerate launch -m metaportrait.cli train-base --config ...``) and ``save_state`` checkpoints
+that resume exactly (batches are drawn from an RNG seeded by (seed, step, process), and RNG
+states are part of the checkpoint). EMA of the generator (diffusers ``EMAModel``), LR schedule
+(diffusers ``get_scheduler``), TensorBoard scalars and image grids (source | driving | warped |
+output), a parameter summary, a NaN/inf guard, a wall-clock budget, and a final
+``save_pretrained`` pipeline folder (+ optional ``push_to_hub``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("metaportrait.train_base")
+
+
+@dataclass(frozen=True)
+class BaseTrainConfig:
+    """A training recipe; ``configs/base_paper.json`` and ``configs/base_demo.json`` are two."""
+
+    data_dir: str
+    output_dir: str
+    preset: str = "demo"
+    init_from: str | None = None  # a generator folder to start from (fine-tuning / resuming a recipe)
+    warp_steps: int = 200_000
+    full_steps: int = 200_000
+    batch_size: int = 48
+    grad_accum: int = 1
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    joint_warp_lr_scale: float = 0.1
+    disc_lr: float = 2e-4
+    grad_clip: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 500
+    ema_decay: float = 0.999
+    weights: dict = field(default_factory=dict)  # overrides of LossWeights fields
+    adversarial: bool = True
+    disc_preset: str = "demo"
+    perceptual_network: str = "auto"
+    synthetic_stills: tuple[str, ...] = ()
+    synthetic_fraction: float = 0.0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    image_every: int = 500
+    seed: int = 0
+    max_seconds: float | None = None
+    push_to_hub: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        if isinstance(self.synthetic_stills, list):
+            object.__setattr__(self, "synthetic_stills", tuple(self.synthetic_stills))
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
+        if self.warp_steps < 0 or self.full_steps < 0 or self.warp_steps + self.full_steps == 0:
+            raise ValueError(f"need warp_steps + full_steps > 0, got {self.warp_steps} + {self.full_steps}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.warp_steps + self.full_steps
+
+    def stage_at(self, step: int) -> Literal["warp", "full"]:
+        return "warp" if step < self.warp_steps else "full"
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> BaseTrainConfig:
+        data = json.loads(Path(path).read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class TrainState:
+    """Counters saved with every checkpoint (registered with ``accelerator.register_for_checkpointing``)."""
+
+    step: int = 0
+    skipped_nonfinite: int = 0
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for k, v in d.items():
+            setattr(self, k, v)
+
+
+def parameter_summary(modules: dict[str, torch.nn.Module]) -> str:
+    lines = ["| module | parameters | trainable |", "|---|---|---|"]
+    for name, m in modules.items():
+        total = sum(p.numel() for p in m.parameters())
+        train = sum(p.numel() for p in m.parameters() if p.requires_grad)
+        lines.append(f"| {name} | {total / 1e6:.3f}M | {train / 1e6:.3f}M |")
+    return "\n".join(lines)
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name.split("_")[1]))
+    return found[-1] if found else None
+
+
+class BatchSource:
+    """Draws step-indexed batches: identical on resume, disjoint across processes."""
+
+    def __init__(self, datasets: Sequence[tuple[torch.utils.data.Dataset, float]], collate, batch_size: int, seed: int,
+                 process_index: int = 0) -> None:
+        self.datasets = [(d, w) for d, w in datasets if w > 0 and len(d) > 0]
+        if not self.datasets:
+            raise ValueError("no training data: every dataset is empty")
+        weights = np.asarray([w for _, w in self.datasets], np.float64)
+        self.probs = weights / weights.sum()
+        self.collate, self.batch_size, self.seed, self.process_index = collate, batch_size, seed, process_index
+
+    def batch(self, step: int, micro: int = 0):
+        rng = np.random.default_rng([self.seed, step, micro, self.process_index])
+        items = []
+        for _ in range(self.batch_size):
+            ds, _ = self.datasets[int(rng.choice(len(self.datasets), p=self.probs))]
+            items.append(ds[int(rng.integers(len(ds)))])
+        return self.collate(items)
+
+
+def train(config: BaseTrainConfig) -> Path:
+    """Run (or resume) a recipe; returns the final pipeline folder ``output_dir/final``."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from metaportrait.identity import load_identity_encoder
+    from metaportrait.models.discriminator import MultiScalePatchDiscriminator, discriminator_config
+    from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+    from metaportrait.training import batches
+    from metaportrait.training.datasets import PairDataset, SyntheticMotionDataset, collate_pairs
+    from metaportrait.training.losses import BaseLoss, LossWeights, PerceptualLoss, gan_losses
+    from metaportrait.weights import write_model_index
+
+    out = Path(config.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=1,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    set_seed(config.seed)
+    device = accelerator.device
+
+    if config.init_from:
+        generator = MetaPortraitGenerator.from_pretrained(config.init_from)
+    else:
+        generator = MetaPortraitGenerator(generator_config(config.preset))
+    size = generator.config.image_size
+    encoder = load_identity_encoder(None).to(device).eval().requires_grad_(False)
+    disc = MultiScalePatchDiscriminator(discriminator_config(config.disc_preset)) if config.adversarial else None
+    weights = LossWeights(**config.weights)
+    perceptual = PerceptualLoss(network=config.perceptual_network, identity_encoder=encoder).to(device)
+    criterion = BaseLoss(weights=weights, perceptual=perceptual, identity_encoder=encoder).to(device)
+
+    train_sets = [(PairDataset(config.data_dir, split="train", size=size, augment=True), 1.0 - config.synthetic_fraction)]
+    if config.synthetic_stills and config.synthetic_fraction > 0:
+        train_sets.append((SyntheticMotionDataset(list(config.synthetic_stills), size=size), config.synthetic_fraction))
+    source = BatchSource(train_sets, collate_pairs, config.batch_size, config.seed, accelerator.process_index)
+
+    warp_params = list(generator.warping.parameters())
+    refine_params = list(generator.refinement.parameters())
+    opt_g = torch.optim.Adam(
+        [{"params": warp_params, "lr": config.lr, "name": "warping"},
+         {"params": refine_params, "lr": config.lr, "name": "refinement"}],
+        lr=config.lr, betas=config.betas,
+    )
+    sched_g = get_scheduler(config.lr_scheduler, opt_g, num_warmup_steps=config.warmup_steps,
+                            num_training_steps=config.total_steps)
+    modules = [generator, opt_g, sched_g]
+    if disc is not None:
+        opt_d = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.betas)
+        modules += [disc, opt_d]
+    prepared = accelerator.prepare(*modules)
+    generator, opt_g, sched_g = prepared[:3]
+    if disc is not None:
+        disc, opt_d = prepared[3:5]
+    ema = EMAModel(accelerator.unwrap_model(generator).parameters(), decay=config.ema_decay)
+    ema.to(device)
+    state = TrainState()
+    accelerator.register_for_checkpointing(ema, state)
+
+    ckpt_dir = out / "checkpoints"
+    latest = _latest_checkpoint(ckpt_dir)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        accelerator.print(f"resumed from {latest} at step {state.step}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        summary = parameter_summary({"warping": accelerator.unwrap_model(generator).warping,
+                                     "refinement": accelerator.unwrap_model(generator).refinement,
+                                     **({"discriminator": accelerator.unwrap_model(disc)} if disc is not None else {}),
+                                     "identity encoder (frozen)": encoder})
+        accelerator.print(summary)
+        accelerator.init_trackers("base", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
+
+    t_start = time.perf_counter() - state.seconds
+    raw_gen = accelerator.unwrap_model(generator)
+    while state.step < config.total_steps:
+        stage = config.stage_at(state.step)
+        generator.train()
+        logs: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            batch = batches.to_device(source.batch(state.step, micro), device)
+            with accelerator.autocast():
+                identity = batches.source_identity(encoder, batch)
+                out_g = generator(batch.source, batch.source_landmark_image, batch.driving_landmark_image, identity,
+                                  prior_grid=batch.prior_grid if raw_gen.config.use_prior else None, stage=stage)
+                terms = criterion(out_g, batch, stage=stage)
+                loss = terms.total
+                if disc is not None and stage == "full" and weights.adv > 0:
+                    fake = disc(out_g.image, batch.driving_landmark_image)
+                    with torch.no_grad():
+                        real = disc(batch.driving, batch.driving_landmark_image)
+                    adv, fm = gan_losses.generator_terms(fake, real, kind="lsgan")
+                    loss = loss + weights.adv * adv + weights.feature_matching * fm
+                    logs["g_adv"], logs["g_fm"] = float(adv), float(fm)
+            if not torch.isfinite(loss):
+                break
+            accelerator.backward(loss / config.grad_accum)
+        if not torch.isfinite(loss):
+            state.skipped_nonfinite += 1
+            opt_g.zero_grad(set_to_none=True)
+            accelerator.print(f"step {state.step}: non-finite loss, step skipped ({state.skipped_nonfinite} so far)")
+            state.step += 1
+            continue
+        if config.grad_clip > 0:
+            accelerator.clip_grad_norm_(generator.parameters(), config.grad_clip)
+        for group, lr in zip(opt_g.param_groups, sched_g.get_last_lr()):
+            group["lr"] = lr * _stage_lr_scale(group["name"], stage, config.joint_warp_lr_scale)
+        opt_g.step()
+        sched_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        ema.step(raw_gen.parameters())
+
+        if disc is not None and stage == "full" and weights.adv > 0:
+            with accelerator.autocast():
+                d_out_fake = disc(out_g.image.detach(), batch.driving_landmark_image)
+                d_out_real = disc(batch.driving, batch.driving_landmark_image)
+                d_loss = gan_losses.discriminator_loss(d_out_real, d_out_fake, kind="lsgan")
+            if torch.isfinite(d_loss):
+                accelerator.backward(d_loss)
+                if config.grad_clip > 0:
+                    accelerator.clip_grad_norm_(disc.parameters(), config.grad_clip)
+                opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+            logs["d_loss"] = float(d_loss)
+
+        state.step += 1
+        state.seconds = time.perf_counter() - t_start
+        if state.step % config.log_every == 0 or state.step == 1:
+            logs.update({f"loss/{k}": float(v) for k, v in terms.items()})
+            logs.update({"loss/total": float(loss), "lr": sched_g.get_last_lr()[0], "stage": 0 if stage == "warp" else 1})
+            accelerator.log(logs, step=state.step)
+            accelerator.print(f"step {state.step}/{config.total_steps} [{stage}] loss {float(loss):.4f} "
+                              f"({state.seconds / state.step:.2f} s/step)")
+        if accelerator.is_main_process and config.image_every and state.step % config.image_every == 0:
+            _log_images(accelerator, batch, out_g, state.step)
+        budget_hit = config.max_seconds is not None and state.seconds >= config.max_seconds
+        if state.step % config.checkpoint_every == 0 or state.step == config.total_steps or budget_hit:
+            _checkpoint(accelerator, ckpt_dir, state.step, config.keep_checkpoints)
+        if budget_hit:
+            accelerator.print(f"wall-clock budget of {config.max_seconds:.0f}s reached at step {state.step}")
+            break
+
+    accelerator.wait_for_everyone()
+    final = out / "final"
+    if accelerator.is_main_process:
+        ema.store(raw_gen.parameters())
+        ema.copy_to(raw_gen.parameters())
+        raw_gen.save_pretrained(final / "base")
+        ema.restore(raw_gen.parameters())
+        write_model_index(final, generator="base")
+        (final / "training.json").write_text(json.dumps(
+            {"steps": state.step, "seconds": state.seconds, "skipped_nonfinite": state.skipped_nonfinite,
+             "config": dataclasses.asdict(config)}, indent=2))
+        if config.push_to_hub:
+            raw_gen.push_to_hub(config.push_to_hub)
+    accelerator.end_training()
+    return final
+
+
+def _stage_lr_scale(group: str, stage: str, joint_scale: float) -> float:
+    """Stage 1 ("warp"): refinement frozen; stage 2 ("full"): warping at ``joint_scale`` × the lr."""
+    if stage == "warp":
+        return 0.0 if group == "refinement" else 1.0
+    if stage == "full":
+        return joint_scale if group == "warping" else 1.0
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def _checkpoint(accelerator, ckpt_dir: Path, step: int, keep: int) -> None:
+    path = ckpt_dir / f"step_{step:08d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "DONE").write_text(str(step))
+        done = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name.split("_")[1]))
+        for old in done[:-keep]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _log_images(accelerator, batch, out_g, step: int) -> None:
+    tracker = accelerator.get_tracker("tensorboard", unwrap=True)
+    n = min(4, batch.source.shape[0])
+    rows = [batch.source[:n], batch.driving[:n], out_g.warped[:n], out_g.image[:n]]
+    grid = torch.cat([torch.cat(list(r.float().detach().cpu()), dim=2) for r in rows], dim=1)  # 3×(4H)×(nW)
+    tracker.add_image("source|driving|warped|output", (grid.clamp(-1, 1) + 1) / 2, step)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="metaportrait train-base", description="Train the base model (two stages).")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--output-dir")
+    ap.add_argument("--max-seconds", type=float)
+    args = ap.parse_args(argv)
+    cfg = BaseTrainConfig.from_file(args.config, data_dir=args.data_dir, output_dir=args.output_dir,
+                                    max_seconds=args.max_seconds)
+    logging.basicConfig(level=logging.INFO)
+    final = train(cfg)
+    print(f"final weights: {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The web demo: a real server, a real browser (Debian chromium through Playwright) and gradio_client.
+
+The app runs in a subprocess on a free port with the weights named by METAPORTRAIT_WEIGHTS
+(the embedded weights when they exist, otherwise a tiny generator made here), fully offline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_weights(tmp_path_factory) -> Path:
+    embedded = REPO / "weights"
+    if (embedded / "model_index.json").exists():
+        return embedded
+    import torch
+
+    from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+    from metaportrait.weights import write_model_index
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("app-weights")
+    cfg = generator_config("tiny")
+    cfg = cfg.replace(warping=cfg.warping.replace(image_size=128), refinement=cfg.refinement.replace(image_size=128))
+    MetaPortraitGenerator(cfg).save_pretrained(folder / "base")
+    write_model_index(folder, generator="base")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(app_weights, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app-log") / "app.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "METAPORTRAIT_WEIGHTS": str(app_weights), "GRADIO_SERVER_PORT": str(port),
+           "METAPORTRAIT_MAX_SECONDS": "8"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    import urllib.request
+
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited: {log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise RuntimeError(f"app did not start: {log.read_text()[-3000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_app_builds_offline_at_import():
+    """Importing app.py builds `demo` without launching or touching the network."""
+    code = ("import app, gradio as gr; assert isinstance(app.demo, gr.Blocks); "
+            "print(sorted(d['api_name'] for d in app.demo.config['dependencies'] if d.get('api_name')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "reenact" in out.stdout
+
+
+def test_gradio_client_endpoint(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    result = client.predict(
+        handle_file(str(REPO / "examples" / "astronaut.jpg")),
+        {"video": handle_file(str(REPO / "examples" / "driving_webcam.mp4"))},
+        "relative", False, api_name="/reenact",
+    )
+    path = result["video"] if isinstance(result, dict) else result
+    import av
+
+    with av.open(str(path)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    assert n == 100
+
+
+def test_gradio_client_friendly_error(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_text("hello")
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match="(?i)video"):
+        client.predict(handle_file(str(REPO / "examples" / "astronaut.jpg")), {"video": handle_file(str(bad))},
+                       "relative", False, api_name="/reenact")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_browser_upload_click_and_play(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(server, wait_until="networkidle")
+        page.locator("#source-image input[type=file]").set_input_files(str(REPO / "examples" / "astronaut.jpg"))
+        page.locator("#driving-video input[type=file]").set_input_files(str(REPO / "examples" / "driving_webcam.mp4"))
+        page.locator("#driving-video video").wait_for(timeout=60_000)
+        page.get_by_role("button", name="Animate").click()
+        video = page.locator("#result-video video")
+        video.wait_for(timeout=240_000)
+        page.wait_for_function(
+            """() => { const v = document.querySelector('#result-video video');
+                       return v && v.readyState >= 2 && v.duration > 1 && !v.error; }""",
+            timeout=240_000,
+        )
+        duration = video.evaluate("v => v.duration")
+        browser.close()
+    assert duration == pytest.approx(4.0, abs=0.3)
