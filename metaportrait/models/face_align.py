@@ -92,13 +92,13 @@ def estimate_similarity(src_points: torch.Tensor, dst_points: torch.Tensor) -> t
     return torch.cat([rot, t.unsqueeze(-1)], dim=-1)
 
 
-def _pixel_to_normalised(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """3×3 matrix mapping pixel coords (centres at integers) to grid_sample coords (align_corners=False)."""
-    m = torch.zeros(3, 3, device=device, dtype=dtype)
-    m[0, 0] = 2.0 / size
-    m[0, 2] = 1.0 / size - 1.0
-    m[1, 1] = 2.0 / size
-    m[1, 2] = 1.0 / size - 1.0
+def _pixel_to_normalised(width: int, height: int, device: torch.device) -> torch.Tensor:
+    """3×3 float32 matrix: pixel coords (centres at integers) -> grid_sample coords (align_corners=False)."""
+    m = torch.zeros(3, 3, device=device, dtype=torch.float32)
+    m[0, 0] = 2.0 / width
+    m[0, 2] = 1.0 / width - 1.0
+    m[1, 1] = 2.0 / height
+    m[1, 2] = 1.0 / height - 1.0
     m[2, 2] = 1.0
     return m
 
@@ -156,14 +156,9 @@ def align_faces(
     pts = points.to(device=images.device, dtype=torch.float32) - 0.5
     forward = _affine_to_3x3(estimate_similarity(pts, tmpl))  # source pixels -> output pixels
     height, width = images.shape[-2:]
-    # theta: normalised output coords -> normalised source coords.
-    src_norm = torch.zeros(3, 3, device=images.device, dtype=torch.float32)
-    src_norm[0, 0] = 2.0 / width
-    src_norm[0, 2] = 1.0 / width - 1.0
-    src_norm[1, 1] = 2.0 / height
-    src_norm[1, 2] = 1.0 / height - 1.0
-    src_norm[2, 2] = 1.0
-    out_to_pixels = torch.linalg.inv(_pixel_to_normalised(out_size, images.device, torch.float32))
+    # theta: normalised output coords -> output pixels -> source pixels -> normalised source coords.
+    src_norm = _pixel_to_normalised(width, height, images.device)
+    out_to_pixels = torch.linalg.inv(_pixel_to_normalised(out_size, out_size, images.device))
     theta = src_norm @ torch.linalg.inv(forward) @ out_to_pixels
     grid = F.affine_grid(theta[:, :2, :].to(dtype), [images.shape[0], 3, out_size, out_size], align_corners=False)
     sampled = F.grid_sample(
