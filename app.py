@@ -72,8 +72,17 @@ def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool
     try:
         pipe.reenact(source, driving, out, ReenactOptions(mode=mode, paste_back=paste_back), progress=report)
     except MetaPortraitError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise gr.Error(_friendly(exc, source, driving)) from exc
     return str(out)
+
+
+def _friendly(exc: Exception, *uploads: str) -> str:
+    """The error message without the server's temporary upload folders."""
+    msg = str(exc)
+    for path in uploads:
+        if path:
+            msg = msg.replace(str(Path(path).parent) + os.sep, "")
+    return msg
 
 
 def build_demo() -> gr.Blocks:
