@@ -342,7 +342,8 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WeightsError(f"Cannot read {path}: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != ADAPTER_FORMAT:
-        raise WeightsError(f"{path} is not a {ADAPTER_FORMAT} config (format={config.get('format') if isinstance(config, dict) else None!r})")
+        found = config.get("format") if isinstance(config, dict) else None
+        raise WeightsError(f"{path} is not a {ADAPTER_FORMAT} config (format={found!r})")
     if config.get("format_version") != ADAPTER_FORMAT_VERSION:
         raise WeightsError(f"{path}: unsupported adapter format_version {config.get('format_version')!r}")
     required = ("rank", "alpha", "target", "target_modules", "modules", "base_architecture_hash", "base_weights_hash")
@@ -367,11 +368,15 @@ def _check_fit(model: nn.Module, config: dict[str, Any], directory: Path, strict
         if type(base).__name__ != info["type"] or weight is None:
             problems.append(f"module {name!r} is a {type(base).__name__}, the adapter expects {info['type']}")
         elif list(weight.shape) != list(info["weight_shape"]):
-            problems.append(f"module {name!r} has weight shape {list(weight.shape)}, the adapter expects {info['weight_shape']}")
+            problems.append(
+                f"module {name!r} has weight shape {list(weight.shape)}, the adapter expects {info['weight_shape']}"
+            )
     if problems:
         raise WeightsError(
             f"The adapter in {directory!s} (base {config.get('base_model_id')!r}) does not fit this "
-            f"{type(model).__name__}: " + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+            f"{type(model).__name__}: "
+            + "; ".join(problems[:5])
+            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
         )
     fingerprint = base_fingerprint(model)
     soft = []
@@ -434,7 +439,9 @@ def load_adapter(
             add_lora(model, rank=config["rank"], alpha=config["alpha"], target=config["target"],
                      exclude=config.get("exclude", ()), modules=targets)
         except ValueError as exc:
-            raise WeightsError(f"The adapter in {directory!s} cannot be added to {type(model).__name__}: {exc}") from exc
+            raise WeightsError(
+                f"The adapter in {directory!s} cannot be added to {type(model).__name__}: {exc}"
+            ) from exc
         added = True
 
     expected = lora_state_dict(model)

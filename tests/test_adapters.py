@@ -140,7 +140,8 @@ def test_save_load_round_trip_and_size(faces, tmp_path):
     personalise(net, faces)
     with torch.no_grad():
         expected = net(faces)
-    out = save_adapter(net, tmp_path / "adapter", base_id="test/smallnet@0", metadata={"person": "astronaut", "steps": 8})
+    meta = {"person": "astronaut", "steps": 8}
+    out = save_adapter(net, tmp_path / "adapter", base_id="test/smallnet@0", metadata=meta)
     assert (out / ADAPTER_WEIGHTS_NAME).is_file() and (out / ADAPTER_CONFIG_NAME).is_file()
     config = json.loads((out / ADAPTER_CONFIG_NAME).read_text())
     assert config["rank"] == 2 and config["alpha"] == 2.0 and config["target_modules"] == ADAPTABLE

@@ -358,6 +358,18 @@ def test_adapt_only_touches_given_params():
     assert torch.equal(model[0].weight, first)
 
 
+def test_task_from_batches_cycles_batches():
+    seen = []
+    task = Task.from_batches([1.0, 2.0, 3.0], lambda model, b: (seen.append(b), model.weight.sum() * 0 + b)[1], "p")
+    assert task.batches() == (1.0, 2.0, 3.0) and task.name == "p"
+    reptile = Reptile(nn.Linear(2, 1), ReptileConfig(inner_steps=5, inner_optimizer="sgd"))
+    out = reptile.outer_step([task])
+    assert seen == [1.0, 2.0, 3.0, 1.0, 2.0]
+    assert out.inner_losses == ((1.0, 2.0, 3.0, 1.0, 2.0),)
+    with pytest.raises(ValueError, match="at least one batch"):
+        Task.from_batches([], lambda model, b: b)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="inner_steps"):
         ReptileConfig(inner_steps=0)

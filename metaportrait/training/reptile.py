@@ -47,7 +47,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -150,6 +150,7 @@ class Task:
 
     loss: LossFn
     name: str = ""
+    data: tuple[Any, ...] = ()  # the batches, when built with from_batches
 
     def loss_fn(self, model: nn.Module, step: int) -> torch.Tensor:
         return self.loss(model, step)
@@ -158,17 +159,15 @@ class Task:
     def from_batches(
         cls, batches: Sequence[Any], loss: Callable[[nn.Module, Any], torch.Tensor], name: str = ""
     ) -> Task:
-        batches = list(batches)
-        if not batches:
+        """A task whose inner step k computes ``loss(model, batches[k % len(batches)])``."""
+        data = tuple(batches)
+        if not data:
             raise ValueError(f"Task {name!r}: needs at least one batch, got 0")
-        return cls(loss=lambda model, step: loss(model, batches[step % len(batches)]), name=name)
+        return cls(loss=lambda model, step: loss(model, data[step % len(data)]), name=name, data=data)
 
-    def batches(self) -> Iterator[int]:
-        """Inner-step indices 0, 1, 2, ... (the ``step`` argument handed to the loss)."""
-        step = 0
-        while True:
-            yield step
-            step += 1
+    def batches(self) -> tuple[Any, ...]:
+        """The task's batches (empty for a task built from a bare loss callable)."""
+        return self.data
 
 
 @dataclass(frozen=True)
