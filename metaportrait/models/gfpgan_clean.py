@@ -111,19 +111,25 @@ class ModulatedConv2d(nn.Module):
         )
         self.padding = kernel_size // 2
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """``x``: ``B×Cin×H×W``; ``style``: ``B×num_style_feat`` -> ``B×Cout×H'×W'``."""
+    def modulated_conv(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conv of the style-scaled input, and the per-sample demodulation factors ``B×Cout`` (or None)."""
         b = x.shape[0]
         s = self.modulation(style)  # B×Cin
         weight = self.weight[0]  # Cout×Cin×k×k
         if self.sample_mode == "upsample":
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         out = F.conv2d(x * s.view(b, -1, 1, 1), weight, padding=self.padding)
-        if self.demodulate:
-            # demod[b, o] = rsqrt(sum_{i,k} (W[o,i,k] * s[b,i])^2 + eps)
-            w2 = weight.pow(2).sum(dim=(2, 3))  # Cout×Cin
-            demod = torch.rsqrt(s.pow(2) @ w2.t() + self.eps)  # B×Cout
-            out = out * demod.view(b, -1, 1, 1)
+        if not self.demodulate:
+            return out, None
+        # demod[b, o] = rsqrt(sum_{i,k} (W[o,i,k] * s[b,i])^2 + eps)
+        w2 = weight.pow(2).sum(dim=(2, 3))  # Cout×Cin
+        return out, torch.rsqrt(s.pow(2) @ w2.t() + self.eps)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """``x``: ``B×Cin×H×W``; ``style``: ``B×num_style_feat`` -> ``B×Cout×H'×W'``."""
+        out, demod = self.modulated_conv(x, style)
+        if demod is not None:
+            out = out * demod.view(out.shape[0], -1, 1, 1)
         return out
 
     def extra_repr(self) -> str:
@@ -154,12 +160,13 @@ class StyleConv(nn.Module):
         self.activate = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.modulated_conv(x, style) * 2**0.5
+        # official: leaky_relu(modconv(x) * sqrt(2) + weight * noise + bias), fused into one addcmul pass
+        out, demod = self.modulated_conv.modulated_conv(x, style)
+        b, c, h, w = out.shape
         if noise is None:
-            b, _, h, w = out.shape
             noise = out.new_empty(b, 1, h, w).normal_()
-        out = out + self.weight * noise
-        out = out + self.bias
+        gain = (demod * 2**0.5).view(b, c, 1, 1) if demod is not None else out.new_full((1, 1, 1, 1), 2**0.5)
+        out = torch.addcmul(self.weight * noise + self.bias, out, gain)
         return self.activate(out)
 
 

@@ -1,0 +1,150 @@
+"""Streaming temporal super-resolution of a frame sequence (MetaPortrait §3.3; DESIGN §2.6).
+
+:func:`upscale_frames` runs :class:`~metaportrait.models.temporal_sr.TemporalSuperResolution` over
+overlapping windows of ``window`` frames and yields one 512² frame per 256² input frame, in order,
+while holding at most about ``window + batch·(window − overlap) + 1`` input frames: any video length
+fits in bounded memory.
+
+Windows start every ``stride = window − overlap`` frames. Each window contributes its frames after
+dropping ``overlap // 2`` at its left and ``overlap − overlap // 2`` at its right edge (frames that
+saw reflected, not real, temporal context), except at the clip's true start and end, where the
+network's own reflection padding is exactly what a single pass over the whole clip would see. The
+last window is aligned to end on the last frame. Consequently a frame whose distance to the edges
+of its window is at least the network's ``temporal_radius`` is bit-for-bit (up to float summation
+order) what one pass over the whole clip gives; with smaller margins frames still come out, but
+differ slightly from a whole-clip pass (the network is trained on ``config.window``-frame clips,
+so short windows are in-distribution).
+
+numpy frames are ``uint8`` RGB ``H×W×3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from metaportrait.models.temporal_sr import TemporalSuperResolution
+
+__all__ = ["bicubic_upscale", "default_overlap", "upscale_frames"]
+
+
+def default_overlap(window: int) -> int:
+    """Overlap used when none is given: ``2·(window // 4)`` (one context frame each side for 5..7)."""
+    return 2 * (window // 4)
+
+
+def bicubic_upscale(frames: np.ndarray, size: int = 512) -> np.ndarray:
+    """Bicubic resize of one ``H×W×3`` or a stack ``N×H×W×3`` of uint8 frames to ``size×size``."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 H×W×3 or N×H×W×3 frames, got {frames.dtype} {frames.shape}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if frames.ndim == 3:
+        return cv2.resize(frames, (size, size), interpolation=cv2.INTER_CUBIC)
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
+
+
+def _to_tensor(frames: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    arr = torch.from_numpy(np.stack(frames)).to(device)  # T×H×W×3 uint8
+    return arr.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def _to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``T×3×H×W`` in [-1, 1] -> ``T×H×W×3`` uint8."""
+    x = frames.float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round()
+    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def upscale_frames(
+    model: TemporalSuperResolution,
+    frames: Iterable[np.ndarray],
+    *,
+    window: int | None = None,
+    overlap: int | None = None,
+    batch: int = 1,
+    device: str | torch.device | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield ``out_size×out_size×3`` uint8 frames, one per input frame, in order.
+
+    Args:
+        model: the super-resolution network (put in eval mode, run under ``torch.inference_mode``).
+        frames: any iterable of ``in_size×in_size×3`` uint8 RGB frames (a generator is fine).
+        window: frames per network call; default ``model.config.window``.
+        overlap: frames shared by consecutive windows, ``0 <= overlap < window``; default
+            :func:`default_overlap`. ``overlap >= 2·model.temporal_radius`` reproduces a whole-clip pass.
+        batch: windows per network call (``batch×window`` frames at once).
+        device: where the network runs; default: the device of its parameters (the model is moved).
+        autocast_dtype: e.g. ``torch.bfloat16`` for autocast, or None for float32.
+    """
+    cfg = model.config
+    window = cfg.window if window is None else int(window)
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    overlap = default_overlap(window) if overlap is None else int(overlap)
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, window={window}), got {overlap}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(dev).eval()
+    left, right = overlap // 2, overlap - overlap // 2
+    stride = window - overlap
+    size = cfg.in_size
+
+    buf: list[np.ndarray] = []  # frames [base, base + len(buf))
+    base = 0
+    next_emit = 0  # absolute index of the next frame to yield
+    next_window = 0  # index k of the next window, starting at k·stride
+
+    def run(starts: list[int], length: int) -> list[np.ndarray]:
+        clips = [_to_tensor(buf[s - base : s - base + length], dev) for s in starts]
+        x = torch.stack(clips)
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            y = model(x).frames
+        return [_to_uint8(clip) for clip in y]
+
+    def check(frame: np.ndarray, index: int) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.shape != (size, size, 3):
+            raise ValueError(f"frame {index}: expected uint8 {size}×{size}×3, got {frame.dtype} {frame.shape}")
+        return frame
+
+    def emit(starts: list[int]) -> Iterator[np.ndarray]:
+        nonlocal next_emit
+        for s, out in zip(starts, run(starts, window)):
+            lo = max(next_emit, s + left if s > 0 else 0)
+            hi = s + window - right
+            for j in range(lo, hi):
+                yield out[j - s]
+            next_emit = max(next_emit, hi)
+
+    pending: list[int] = []  # starts of windows whose frames are all buffered, not yet run
+    n = 0
+    for frame in frames:
+        buf.append(check(frame, n))
+        n += 1
+        # window k runs once a frame past its end exists (so it is known not to end the clip)
+        if next_window * stride + window < n:
+            pending.append(next_window * stride)
+            next_window += 1
+        if len(pending) == batch:
+            yield from emit(pending)
+            pending = []
+            keep_from = min(next_window * stride, n - window, next_emit)
+            if keep_from > base:
+                del buf[: keep_from - base]
+                base = keep_from
+    if n == 0:
+        return
+    if pending:
+        yield from emit(pending)
+    if next_emit < n:
+        s = max(0, n - window)
+        out = run([s], n - s)[0]
+        for j in range(next_emit, n):
+            yield out[j - s]
