@@ -68,6 +68,14 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reenact]
 
+# Subcommands whose options live with their module: ``metaportrait NAME ARGS`` runs
+# ``module.main(ARGS)`` (each module's own argparse gives ``--help``).
+DELEGATED: dict[str, tuple[str, str]] = {
+    "prepare-data": ("metaportrait.training.prepare", "turn a folder of talking-head videos into a training set"),
+    "train-base": ("metaportrait.training.train_base", "train the base model (warping, then warping + refinement)"),
+    "evaluate": ("metaportrait.evaluation.reenactment", "evaluate weights against no-motion and the mesh warp"),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metaportrait", description=__doc__.splitlines()[0])
@@ -77,18 +85,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    for name, (_module, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from metaportrait.errors import MetaPortraitError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
     try:
+        if command in DELEGATED:
+            import importlib
+
+            module = importlib.import_module(DELEGATED[command][0])
+            return int(module.main(argv[1:]) or 0)
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except MetaPortraitError as exc:
-        print(f"metaportrait {args.command}: error: {exc}", file=sys.stderr)
+        print(f"metaportrait {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

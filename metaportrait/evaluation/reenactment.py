@@ -285,3 +285,33 @@ def _score(pipe, analyzer, acc, source, outs: np.ndarray, targets: Sequence[np.n
                     l1=float(np.abs(img.astype(np.float32) - gt.astype(np.float32)).mean() / 255.0))
     for c in _csim(pipe, source, outs, out_lms):
         acc.add(csim=c)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``metaportrait evaluate --data DIR [--weights DIR_OR_REPO] [--output report]``."""
+    import argparse
+
+    from metaportrait.pipeline import MetaPortraitPipeline
+
+    ap = argparse.ArgumentParser(prog="metaportrait evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="prepared data folder (metaportrait prepare-data)")
+    ap.add_argument("--weights", default=None, help="pipeline folder or Hub repo id (default: embedded weights)")
+    ap.add_argument("--split", default="heldout_identity", choices=["heldout_identity", "heldout_frames"])
+    ap.add_argument("--max-clips", type=int, default=8)
+    ap.add_argument("--frames-per-clip", type=int, default=48)
+    ap.add_argument("--no-cross-identity", action="store_true")
+    ap.add_argument("--output", default=None, help="write OUTPUT.md and OUTPUT.json")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args(argv)
+    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device)
+    settings = EvalSettings(split=args.split, max_clips=args.max_clips, frames_per_clip=args.frames_per_clip,
+                            cross_identity=not args.no_cross_identity)
+    report = evaluate(pipe, args.data, settings)
+    gen = pipe.generator
+    report.settings["generator_parameters"] = sum(p.numel() for p in gen.parameters())
+    md = report.to_markdown()
+    print(md)
+    if args.output:
+        Path(args.output).with_suffix(".md").write_text(md + "\n")
+        Path(args.output).with_suffix(".json").write_text(report.to_json() + "\n")
+    return 0

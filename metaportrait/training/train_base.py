@@ -55,6 +55,7 @@ class BaseTrainConfig:
     warmup_steps: int = 500
     ema_decay: float = 0.999
     weights: dict = field(default_factory=dict)  # overrides of LossWeights fields
+    pixel_l1: float = 0.0  # extra plain L1 on the output (not in the paper; helps PSNR/SSIM on small data)
     adversarial: bool = True
     disc_preset: str = "demo"
     perceptual_network: str = "auto"
@@ -163,9 +164,9 @@ def train(config: BaseTrainConfig) -> Path:
     from metaportrait.identity import load_identity_encoder
     from metaportrait.models.discriminator import MultiScalePatchDiscriminator, discriminator_config
     from metaportrait.models.generator import MetaPortraitGenerator, generator_config
-    from metaportrait.training import batches
+    from metaportrait.models.face_align import align_faces
     from metaportrait.training.datasets import PairDataset, SyntheticMotionDataset, collate_pairs
-    from metaportrait.training.losses import BaseLoss, LossWeights, PerceptualLoss, gan_losses
+    from metaportrait.training.losses import BaseLoss, IdentityLoss, LossWeights, PerceptualLoss, discriminator_loss
     from metaportrait.weights import write_model_index
 
     out = Path(config.output_dir)
@@ -186,8 +187,8 @@ def train(config: BaseTrainConfig) -> Path:
     encoder = load_identity_encoder(None).to(device).eval().requires_grad_(False)
     disc = MultiScalePatchDiscriminator(discriminator_config(config.disc_preset)) if config.adversarial else None
     weights = LossWeights(**config.weights)
-    perceptual = PerceptualLoss(network=config.perceptual_network, identity_encoder=encoder).to(device)
-    criterion = BaseLoss(weights=weights, perceptual=perceptual, identity_encoder=encoder).to(device)
+    perceptual = PerceptualLoss(network=config.perceptual_network, identity_encoder=encoder)
+    criterion = BaseLoss(weights=weights, perceptual=perceptual, identity=IdentityLoss(encoder)).to(device)
 
     train_sets = [(PairDataset(config.data_dir, split="train", size=size, augment=True), 1.0 - config.synthetic_fraction)]
     if config.synthetic_stills and config.synthetic_fraction > 0:
@@ -238,20 +239,32 @@ def train(config: BaseTrainConfig) -> Path:
         generator.train()
         logs: dict[str, float] = {}
         for micro in range(config.grad_accum):
-            batch = batches.to_device(source.batch(state.step, micro), device)
+            batch = source.batch(state.step, micro).to(device)
+            with torch.no_grad():
+                identity = encoder(align_faces(batch.source, batch.source_five_points)).float()
             with accelerator.autocast():
-                identity = batches.source_identity(encoder, batch)
                 out_g = generator(batch.source, batch.source_landmark_image, batch.driving_landmark_image, identity,
                                   prior_grid=batch.prior_grid if raw_gen.config.use_prior else None, stage=stage)
-                terms = criterion(out_g, batch, stage=stage)
-                loss = terms.total
-                if disc is not None and stage == "full" and weights.adv > 0:
+                adversarial = disc is not None and stage == "full" and weights.adv > 0
+                fake = real = None
+                if adversarial:
                     fake = disc(out_g.image, batch.driving_landmark_image)
                     with torch.no_grad():
                         real = disc(batch.driving, batch.driving_landmark_image)
-                    adv, fm = gan_losses.generator_terms(fake, real, kind="lsgan")
-                    loss = loss + weights.adv * adv + weights.feature_matching * fm
-                    logs["g_adv"], logs["g_fm"] = float(adv), float(fm)
+                terms = criterion(
+                    out_g.warped, batch.driving,
+                    refined=out_g.image if stage == "full" else None,
+                    source=batch.source, driving_boxes=batch.driving_boxes,
+                    source_points=batch.source_five_points, driving_points=batch.driving_five_points,
+                    fake_logits=fake.logits if adversarial else None,
+                    real_feats=real.features if adversarial else None,
+                    fake_feats=fake.features if adversarial else None,
+                )
+                loss = terms.total
+                if config.pixel_l1 > 0:
+                    pixel = (out_g.image.float() - batch.driving.float()).abs().mean()
+                    loss = loss + config.pixel_l1 * pixel
+                    logs["pixel_l1"] = float(pixel)
             if not torch.isfinite(loss):
                 break
             accelerator.backward(loss / config.grad_accum)
@@ -274,7 +287,7 @@ def train(config: BaseTrainConfig) -> Path:
             with accelerator.autocast():
                 d_out_fake = disc(out_g.image.detach(), batch.driving_landmark_image)
                 d_out_real = disc(batch.driving, batch.driving_landmark_image)
-                d_loss = gan_losses.discriminator_loss(d_out_real, d_out_fake, kind="lsgan")
+                d_loss = discriminator_loss(d_out_real.logits, d_out_fake.logits, kind="lsgan")
             if torch.isfinite(d_loss):
                 accelerator.backward(d_loss)
                 if config.grad_clip > 0:
@@ -286,7 +299,7 @@ def train(config: BaseTrainConfig) -> Path:
         state.step += 1
         state.seconds = time.perf_counter() - t_start
         if state.step % config.log_every == 0 or state.step == 1:
-            logs.update({f"loss/{k}": float(v) for k, v in terms.items()})
+            logs.update({f"loss/{k}": v for k, v in terms.as_floats().items()})
             logs.update({"loss/total": float(loss), "lr": sched_g.get_last_lr()[0], "stage": 0 if stage == "warp" else 1})
             accelerator.log(logs, step=state.step)
             accelerator.print(f"step {state.step}/{config.total_steps} [{stage}] loss {float(loss):.4f} "
