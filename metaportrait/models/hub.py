@@ -136,6 +136,11 @@ class HubModel(
         self.config = config
         self._hub_mixin_config = config  # what save_pretrained writes to config.json
 
+    def generate_model_card(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """The mixin's model card, naming the concrete class (the template defaults to "HubModel")."""
+        kwargs.setdefault("model_name", type(self).__name__)
+        return super().generate_model_card(*args, **kwargs)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 

@@ -1,0 +1,276 @@
+"""MetaPortrait base generator: warping network + ID-preserving refinement network (paper §3.1).
+
+One Hub model holding both networks (saved/loaded as one ``config.json`` + ``model.safetensors``).
+``stage="warp"`` runs the warping network only (training stage 1 of DESIGN.md §2.4: the output
+image is the warped source); ``stage="full"`` runs both (stage 2 and inference).
+
+Presets (:data:`PRESETS`, :func:`generator_config`):
+
+* ``"paper"`` — 256², official-like widths (E_w 64-…-512, 512-d motion code, flow at 64), no prior,
+  tanh output; ≈130M parameters like the paper's 130.28M (DESIGN.md §2.8).
+* ``"demo"`` — 256², mesh-warp prior as input (the network predicts a residual on it), residual
+  output; sized for interactive use on a 2-core CPU.
+* ``"tiny"`` / ``"tiny-direct"`` — 64², a few channels, for tests (with / without the prior).
+
+Images are ``B×3×H×W`` in [-1, 1]; grids ``B×H×W×2`` (grid_sample, align_corners=False).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+
+from metaportrait.models.hub import HubModel, ModelConfig
+from metaportrait.models.refinement_network import RefinementConfig, RefinementNetwork
+from metaportrait.models.warping_network import WarpingConfig, WarpingNetwork
+
+Stage = Literal["warp", "full"]
+_STAGES = ("warp", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig(ModelConfig):
+    """Configuration of :class:`MetaPortraitGenerator`: the two sub-networks' configs + z_id size.
+
+    ``identity_dim`` must equal ``refinement.identity_dim`` and both sub-networks must share
+    ``image_size`` and ``landmark_channels``.
+    """
+
+    warping: WarpingConfig = dataclasses.field(default_factory=WarpingConfig)
+    refinement: RefinementConfig = dataclasses.field(default_factory=RefinementConfig)
+    identity_dim: int = 128
+
+    def validate(self) -> None:
+        if not isinstance(self.warping, WarpingConfig):
+            raise ValueError(f"GeneratorConfig.warping must be a WarpingConfig, got {self.warping!r}")
+        if not isinstance(self.refinement, RefinementConfig):
+            raise ValueError(f"GeneratorConfig.refinement must be a RefinementConfig, got {self.refinement!r}")
+        if not isinstance(self.identity_dim, int) or isinstance(self.identity_dim, bool) or self.identity_dim < 1:
+            raise ValueError(f"GeneratorConfig.identity_dim must be a positive int, got {self.identity_dim!r}")
+        if self.refinement.identity_dim != self.identity_dim:
+            raise ValueError(
+                f"GeneratorConfig.identity_dim ({self.identity_dim}) != refinement.identity_dim "
+                f"({self.refinement.identity_dim})"
+            )
+        if self.warping.image_size != self.refinement.image_size:
+            raise ValueError(
+                f"GeneratorConfig: warping.image_size ({self.warping.image_size}) != "
+                f"refinement.image_size ({self.refinement.image_size})"
+            )
+        if self.warping.landmark_channels != self.refinement.landmark_channels:
+            raise ValueError(
+                f"GeneratorConfig: warping.landmark_channels ({self.warping.landmark_channels}) != "
+                f"refinement.landmark_channels ({self.refinement.landmark_channels})"
+            )
+
+    @property
+    def image_size(self) -> int:
+        return self.warping.image_size
+
+    @property
+    def use_prior(self) -> bool:
+        return self.warping.use_prior
+
+
+@dataclasses.dataclass
+class GeneratorOutput:
+    """Output of :class:`MetaPortraitGenerator`.
+
+    Attributes:
+        image: generated frame ``B×3×H×W`` in [-1, 1] (the warped source when stage == "warp").
+        warped: warped source Ĩ_s ``B×3×H×W`` (supervised by L_w).
+        grid: ``B×H×W×2`` sampling grid.
+        flow: ``B×2×h×w`` residual flow at ``flow_size``.
+        occlusion: ``B×1×H×W`` visibility in [0, 1].
+        motion_code: ``B×motion_dim`` motion code z_w.
+        masks: fusion masks of the refinement network (empty for stage == "warp").
+    """
+
+    image: torch.Tensor
+    warped: torch.Tensor
+    grid: torch.Tensor
+    flow: torch.Tensor
+    occlusion: torch.Tensor
+    motion_code: torch.Tensor
+    masks: list[torch.Tensor] = dataclasses.field(default_factory=list)
+
+
+class MetaPortraitGenerator(HubModel, tags=["generator"]):
+    """MetaPortrait's base model: :class:`WarpingNetwork` followed by :class:`RefinementNetwork`.
+
+    ``forward(source, source_landmarks, driving_landmarks, identity, prior_grid=None, stage="full")``.
+    """
+
+    config_class = GeneratorConfig
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__(config)
+        cfg: GeneratorConfig = self.config  # type: ignore[assignment]
+        self.warping = WarpingNetwork(cfg.warping)
+        self.refinement = RefinementNetwork(cfg.refinement)
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        source_landmarks: torch.Tensor,
+        driving_landmarks: torch.Tensor,
+        identity: torch.Tensor | None,
+        prior_grid: torch.Tensor | None = None,
+        stage: Stage = "full",
+    ) -> GeneratorOutput:
+        """Generate the source person with the driving frame's pose and expression.
+
+        Args:
+            source: I_s ``B×3×H×W`` in [-1, 1].
+            source_landmarks: L_s ``B×3×H×W`` in [-1, 1].
+            driving_landmarks: L_d ``B×3×H×W`` in [-1, 1].
+            identity: z_id ``B×identity_dim`` (may be None only when stage == "warp").
+            prior_grid: ``B×H×W×2`` mesh-warp grid, required iff ``config.warping.use_prior``.
+            stage: "warp" (warping network only) or "full".
+        """
+        if stage not in _STAGES:
+            raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
+        warp = self.warping(source, source_landmarks, driving_landmarks, prior_grid)
+        if stage == "warp":
+            image, masks = warp.warped, []
+        elif stage == "full":
+            if identity is None:
+                raise ValueError("MetaPortraitGenerator: identity is required when stage == 'full'")
+            ref = self.refinement(source, warp, identity, driving_landmarks)
+            image, masks = ref.image, ref.masks
+        else:
+            raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
+        return GeneratorOutput(
+            image=image,
+            warped=warp.warped,
+            grid=warp.grid,
+            flow=warp.flow,
+            occlusion=warp.occlusion,
+            motion_code=warp.motion_code,
+            masks=masks,
+        )
+
+
+PRESETS: dict[str, GeneratorConfig] = {
+    "paper": GeneratorConfig(
+        warping=WarpingConfig(
+            image_size=256,
+            base_channels=64,
+            max_channels=512,
+            motion_dim=512,
+            encoder_depth=6,
+            encoder_size=256,
+            hourglass_depth=5,
+            hourglass_channels=64,
+            flow_size=64,
+            use_prior=False,
+            padding_mode="reflection",
+        ),
+        refinement=RefinementConfig(
+            image_size=256,
+            identity_dim=128,
+            base_channels=64,
+            max_channels=512,
+            num_down=5,
+            num_bottleneck_blocks=8,
+            fusion_hidden=128,
+            fusion_min_level=0,
+            output_mode="direct",
+        ),
+        identity_dim=128,
+    ),
+    "demo": GeneratorConfig(
+        warping=WarpingConfig(
+            image_size=256,
+            base_channels=16,
+            max_channels=128,
+            motion_dim=128,
+            encoder_depth=4,
+            encoder_size=64,
+            hourglass_depth=4,
+            hourglass_channels=16,
+            flow_size=64,
+            use_prior=True,
+            padding_mode="reflection",
+        ),
+        refinement=RefinementConfig(
+            image_size=256,
+            identity_dim=128,
+            base_channels=8,
+            max_channels=64,
+            num_down=3,
+            num_bottleneck_blocks=1,
+            fusion_hidden=16,
+            fusion_min_level=2,
+            output_mode="residual",
+        ),
+        identity_dim=128,
+    ),
+    "tiny": GeneratorConfig(
+        warping=WarpingConfig(
+            image_size=64,
+            base_channels=8,
+            max_channels=32,
+            motion_dim=16,
+            encoder_depth=3,
+            encoder_size=32,
+            hourglass_depth=2,
+            hourglass_channels=8,
+            flow_size=32,
+            use_prior=True,
+            padding_mode="reflection",
+        ),
+        refinement=RefinementConfig(
+            image_size=64,
+            identity_dim=128,
+            base_channels=8,
+            max_channels=32,
+            num_down=2,
+            num_bottleneck_blocks=1,
+            fusion_hidden=8,
+            fusion_min_level=1,
+            output_mode="residual",
+        ),
+        identity_dim=128,
+    ),
+    "tiny-direct": GeneratorConfig(
+        warping=WarpingConfig(
+            image_size=64,
+            base_channels=8,
+            max_channels=32,
+            motion_dim=16,
+            encoder_depth=3,
+            encoder_size=64,
+            hourglass_depth=2,
+            hourglass_channels=8,
+            flow_size=32,
+            use_prior=False,
+            padding_mode="border",
+        ),
+        refinement=RefinementConfig(
+            image_size=64,
+            identity_dim=128,
+            base_channels=8,
+            max_channels=32,
+            num_down=2,
+            num_bottleneck_blocks=1,
+            fusion_hidden=8,
+            fusion_min_level=0,
+            output_mode="direct",
+        ),
+        identity_dim=128,
+    ),
+}
+
+
+def generator_config(name: str) -> GeneratorConfig:
+    """The :class:`GeneratorConfig` of a preset ("paper", "demo", "tiny", "tiny-direct")."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown generator preset {name!r}; available: {sorted(PRESETS)}") from None
+
+
+__all__ = ["GeneratorConfig", "GeneratorOutput", "MetaPortraitGenerator", "PRESETS", "generator_config"]

@@ -1,0 +1,223 @@
+"""ID-preserving refinement network of MetaPortrait (paper §3.1, eqs. 1-2; DESIGN.md §2.3).
+
+* A source feature encoder gives features ``f_k`` at scales ``1/2**k`` (k = 0..num_down).
+* Each ``f_k`` is warped by the warping network's grid (resampled to that scale) and weighted by
+  the occlusion map: ``f̃_k = grid_sample(f_k, grid_k) · O_k``.
+* The decoder starts from ``f̃_num_down`` and is a cascade of :class:`~metaportrait.models.layers.FusionBlock`
+  conditioned on the identity code ``z_id`` (AdaIN, eq. 1) and, SPADE-style, on
+  ``[f̃_k, warped source, driving landmark image, occlusion]`` at its scale (eq. 2), with the
+  attention mask ``M = sigmoid(Conv(h_in))`` choosing between the two.
+* Output head: ``output_mode="direct"`` gives ``tanh(Conv(h))`` as in the paper;
+  ``output_mode="residual"`` gives ``clamp(Ĩ_s + 2·tanh(Conv(h)), −1, 1)`` with the last conv
+  zero-initialised, so at step 0 the output is exactly the warped source Ĩ_s (training starts at
+  the warp's quality instead of from noise).
+
+``z_id`` is L2-normalised inside (face-recognition embeddings are compared by cosine; SFace 128-d,
+ArcFace 512-d). Images are ``B×3×H×W`` in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metaportrait.models.hub import HubModel, ModelConfig
+from metaportrait.models.layers import DownBlock, FusionBlock, resize_grid, resize_map
+from metaportrait.models.warping_network import WarpingOutput, check_grid, check_image
+
+OutputMode = Literal["residual", "direct"]
+_OUTPUT_MODES = ("residual", "direct")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefinementConfig(ModelConfig):
+    """Configuration of :class:`RefinementNetwork`.
+
+    Attributes:
+        image_size: side of the square images (pixels).
+        identity_dim: size of the identity embedding z_id (128 = SFace, 512 = ArcFace).
+        landmark_channels: channels of the driving landmark image.
+        base_channels: encoder/decoder width at full resolution (doubles per scale up to max_channels).
+        max_channels: channel cap.
+        num_down: number of stride-2 encoder levels; the decoder starts at ``image_size / 2**num_down``.
+        num_bottleneck_blocks: fusion blocks at the coarsest scale.
+        fusion_hidden: hidden channels of the FiLM/SPADE branch of each fusion normalisation.
+        fusion_min_level: decoder levels ``k >= fusion_min_level`` (scale ``1/2**k``) are fusion
+            blocks; finer levels are a plain 3×3 conv over ``[h, f̃_k, Ĩ_s, L_d, O]`` (much cheaper
+            at 128²-256² on a CPU). 0 = fusion blocks everywhere (the paper).
+        output_mode: ``"direct"`` (tanh image, the paper) or ``"residual"`` (warped + bounded delta).
+    """
+
+    image_size: int = 256
+    identity_dim: int = 128
+    landmark_channels: int = 3
+    base_channels: int = 64
+    max_channels: int = 512
+    num_down: int = 4
+    num_bottleneck_blocks: int = 2
+    fusion_hidden: int = 128
+    fusion_min_level: int = 0
+    output_mode: OutputMode = "direct"
+
+    def validate(self) -> None:
+        for name in ("image_size", "identity_dim", "landmark_channels", "base_channels", "max_channels", "fusion_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RefinementConfig.{name} must be a positive int, got {value!r}")
+        for name in ("num_down", "num_bottleneck_blocks", "fusion_min_level"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"RefinementConfig.{name} must be a non-negative int, got {value!r}")
+        if self.output_mode not in _OUTPUT_MODES:
+            raise ValueError(f"RefinementConfig.output_mode must be one of {_OUTPUT_MODES}, got {self.output_mode!r}")
+        if self.fusion_min_level > self.num_down:
+            raise ValueError(
+                f"RefinementConfig.fusion_min_level ({self.fusion_min_level}) must be <= num_down ({self.num_down})"
+            )
+        if self.max_channels < self.base_channels:
+            raise ValueError(
+                f"RefinementConfig.max_channels ({self.max_channels}) must be >= base_channels ({self.base_channels})"
+            )
+        if self.image_size % 2**self.num_down or self.image_size // 2**self.num_down < 2:
+            raise ValueError(
+                f"RefinementConfig: image_size ({self.image_size}) must be divisible by 2**num_down "
+                f"(num_down={self.num_down}) with at least 2×2 at the bottom"
+            )
+
+    def width(self, level: int) -> int:
+        """Channels at scale ``1/2**level``."""
+        return min(self.max_channels, self.base_channels * 2**level)
+
+    def cond_channels(self, level: int) -> int:
+        """Channels of the fusion condition at a level: warped features, warped image, L_d, occlusion."""
+        return self.width(level) + 3 + self.landmark_channels + 1
+
+
+@dataclasses.dataclass
+class RefinementOutput:
+    """Output of :class:`RefinementNetwork`.
+
+    Attributes:
+        image: refined image Ĩ_y, ``B×3×H×W`` in [-1, 1].
+        masks: the fusion masks M of every fusion normalisation, coarse to fine, each ``B×1×h×w``.
+    """
+
+    image: torch.Tensor
+    masks: list[torch.Tensor]
+
+
+class RefinementNetwork(HubModel, tags=["refinement-network"]):
+    """MetaPortrait's ID-preserving refinement network (paper §3.1, eqs. 1-2).
+
+    ``forward(source, warp, identity, driving_landmarks) -> RefinementOutput``.
+    """
+
+    config_class = RefinementConfig
+
+    def __init__(self, config: RefinementConfig) -> None:
+        super().__init__(config)
+        cfg: RefinementConfig = self.config  # type: ignore[assignment]
+        n = cfg.num_down
+        self.stem = nn.Sequential(nn.Conv2d(3, cfg.width(0), 3, padding=1), nn.LeakyReLU(0.2))
+        self.encoder = nn.ModuleList(DownBlock(cfg.width(k), cfg.width(k + 1)) for k in range(n))
+        self.bottleneck = nn.ModuleList(
+            FusionBlock(cfg.width(n), cfg.width(n), cfg.identity_dim, cfg.cond_channels(n), cfg.fusion_hidden)
+            for _ in range(cfg.num_bottleneck_blocks)
+        )
+        # decoder[j] produces level k = n - 1 - j from level k + 1
+        decoder: list[nn.Module] = []
+        for k in reversed(range(n)):
+            if k >= cfg.fusion_min_level:
+                decoder.append(
+                    FusionBlock(cfg.width(k + 1), cfg.width(k), cfg.identity_dim, cfg.cond_channels(k), cfg.fusion_hidden)
+                )
+            else:
+                decoder.append(nn.Conv2d(cfg.width(k + 1) + cfg.cond_channels(k), cfg.width(k), 3, padding=1))
+        self.decoder = nn.ModuleList(decoder)
+        self.head = nn.Conv2d(cfg.width(0), 3, 3, padding=1)
+        if cfg.output_mode == "residual":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        elif cfg.output_mode == "direct":
+            pass  # default init: the paper's tanh output trained from scratch
+        else:
+            raise ValueError(f"unknown output_mode {cfg.output_mode!r}")
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        warp: WarpingOutput,
+        identity: torch.Tensor,
+        driving_landmarks: torch.Tensor,
+    ) -> RefinementOutput:
+        """Refine the warped source into the output frame.
+
+        Args:
+            source: source image I_s, ``B×3×H×W`` in [-1, 1].
+            warp: the warping network's output for this source/driving pair.
+            identity: identity embedding z_id of the source, ``B×identity_dim``.
+            driving_landmarks: driving landmark image L_d, ``B×L×H×W`` in [-1, 1].
+        """
+        cfg: RefinementConfig = self.config  # type: ignore[assignment]
+        size = cfg.image_size
+        check_image("source", source, 3, size)
+        b = source.shape[0]
+        check_image("driving_landmarks", driving_landmarks, cfg.landmark_channels, size, b)
+        check_grid("warp.grid", warp.grid, b, size)
+        check_image("warp.occlusion", warp.occlusion, 1, size, b)
+        check_image("warp.warped", warp.warped, 3, size, b)
+        if identity.ndim != 2 or tuple(identity.shape) != (b, cfg.identity_dim):
+            raise ValueError(f"identity: expected shape ({b}, {cfg.identity_dim}), got {tuple(identity.shape)}")
+        z_id = F.normalize(identity, dim=1)
+
+        feats = [self.stem(source)]
+        for block in self.encoder:
+            feats.append(block(feats[-1]))
+
+        conds = []
+        for f in feats:
+            hw = tuple(f.shape[-2:])
+            grid_k = resize_grid(warp.grid, hw).to(f.dtype)
+            occ_k = resize_map(warp.occlusion, hw).to(f.dtype)
+            warped_f = F.grid_sample(f, grid_k, mode="bilinear", padding_mode="zeros", align_corners=False) * occ_k
+            conds.append(
+                torch.cat(
+                    [
+                        warped_f,
+                        resize_map(warp.warped, hw).to(f.dtype),
+                        resize_map(driving_landmarks, hw).to(f.dtype),
+                        occ_k,
+                    ],
+                    dim=1,
+                )
+            )
+
+        n = cfg.num_down
+        masks: list[torch.Tensor] = []
+        h = conds[n][:, : cfg.width(n)]
+        for block in self.bottleneck:
+            h, m = block(h, z_id, conds[n])
+            masks += m
+        for j, block in enumerate(self.decoder):
+            k = n - 1 - j
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            if isinstance(block, FusionBlock):
+                h, m = block(h, z_id, conds[k])
+                masks += m
+            else:
+                h = F.leaky_relu(block(torch.cat([h, conds[k]], dim=1)), 0.2)
+        raw = self.head(F.leaky_relu(h, 0.2))
+        if cfg.output_mode == "residual":
+            image = torch.clamp(warp.warped + 2 * torch.tanh(raw).to(warp.warped.dtype), -1.0, 1.0)
+        elif cfg.output_mode == "direct":
+            image = torch.tanh(raw)
+        else:
+            raise ValueError(f"unknown output_mode {cfg.output_mode!r}")
+        return RefinementOutput(image=image, masks=masks)
+
+
+__all__ = ["RefinementConfig", "RefinementNetwork", "RefinementOutput"]
