@@ -653,10 +653,13 @@ def prepare_data(
         sizes=list(sizes_t),
     )
     manifest.save(out / "manifest.json")
-    fresh = [r for r in results if not r.get("cached")]
+    fresh = [r for r in results if not r.get("cached") and "clip" in r]
+    new_frames = sum(r["clip"]["num_frames"] for r in fresh)
+    new_seconds = sum(r["seconds"] for r in fresh)
     logger.info(
-        "prepared %d clips (%d new, %d skipped) in %.1f s",
-        len(clips), sum("clip" in r for r in fresh), len(skipped), time.perf_counter() - t0,
+        "prepared %d clips (%d new: %d frames, %.1f worker-s, %.1f ms/frame; %d skipped) in %.1f s",
+        len(clips), len(fresh), new_frames, new_seconds, 1000 * new_seconds / max(new_frames, 1),
+        len(skipped), time.perf_counter() - t0,
     )
     return manifest
 
