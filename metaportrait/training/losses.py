@@ -9,7 +9,7 @@ code's feature-matching weight 10 (:class:`LossWeights`).
   1/32, 1/16, 1/8, 1/4, 1 when its ImageNet weights load; offline (no VGG weights ship in any
   package, DESIGN §4) the fallback is the frozen SFace face-recognition network of
   :class:`metaportrait.models.identity_encoder.IdentityEncoder`, tapped after five of its
-  conv blocks (strides 1, 2, 4, 8, 16; same weights). Which network is in use is logged once.
+  conv blocks (``conv_1, conv_3, conv_5, conv_7, conv_8``: strides 1, 2, 4, 8, 8; same weights). Which network is in use is logged once.
 * :class:`IdentityLoss` — ``1 - cos(E_id(align(Ĩ_y)), E_id(align(I_s)))`` with the
   differentiable five-point alignment.
 * :func:`region_l1` — L1 over eye/mouth boxes (``roi_align`` crops, so only the regions count).
@@ -41,8 +41,10 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision vgg19().features indices of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1.
 _VGG19_TAPS = (1, 6, 11, 20, 29)
-# SFace (MobileFaceNet) blocks tapped for the fallback: strides 1, 2, 4, 8, 16.
-_SFACE_TAPS = ("conv_2", "conv_4", "conv_6", "conv_12", "conv_14")
+# SFace (MobileFaceNet) blocks tapped for the fallback, like VGG's relu*_1 (the first conv at each
+# resolution): strides 1, 2, 4, 8, then one deeper 512-channel block. Stopping at conv_8 skips
+# conv_9..conv_14, more than half of SFace's FLOPs at 256² (≈2.9 instead of ≈6 GFLOPs per image).
+_SFACE_TAPS = ("conv_1", "conv_3", "conv_5", "conv_7", "conv_8")
 _LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
 _logged_networks: set[str] = set()
