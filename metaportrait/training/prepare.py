@@ -5,7 +5,8 @@ resizes it to 256×256. :func:`prepare_data` does the same for a folder of talki
 writes the prepared format the datasets read with memory maps:
 
 * per clip: the first frame with a face (among the first ``FIRST_FRAMES_TO_SEARCH`` frames)
-  gives the largest face's 478 landmarks → one ``CropTransform`` for the whole clip → every
+  gives the largest face's 478 landmarks → one ``CropTransform`` for the whole clip (slid
+  inside the frame where it fits, see :func:`_fit_inside`) → every
   frame cropped to 256 (and 512, the same box, for super-resolution) as ``uint8`` ``.npy``
   arrays; MediaPipe in tracking mode on each 256 crop gives ``landmarks_256.npy``; frames
   without a face (or whose face left the box) are marked ``False`` in ``valid.npy`` and get
@@ -332,6 +333,30 @@ def _smooth_valid_runs(track: np.ndarray, valid: np.ndarray, fps: float) -> np.n
 
 
 # -- one clip ----------------------------------------------------------------------------------
+CROP_POLICY = "inside-v1"  # part of a clip's signature: changing it re-prepares the clips
+
+
+def _fit_inside(crop: object, width: int, height: int) -> object:
+    """The same square moved (not resized) to lie inside the frame where it fits.
+
+    ``CropTransform.crop`` fills what lies outside the frame by reflection, which on a face near
+    the top of a vlog frame paints a mirrored copy of the face; training crops avoid it by
+    sliding the box inwards (the face, about half the box side, stays inside). A box larger than
+    the frame is centred on the frame along that axis (reflection remains at both edges).
+    """
+    from metaportrait.face import CropTransform
+
+    side = crop.side  # type: ignore[attr-defined]
+    cx, cy = crop.center  # type: ignore[attr-defined]
+
+    def fit(c: float, extent: int) -> float:
+        if side >= extent:
+            return extent / 2.0
+        return min(max(c, side / 2.0), extent - side / 2.0)
+
+    return CropTransform(center=(fit(cx, width), fit(cy, height)), side=side, size=crop.size)  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class _Job:
     source: ClipSource
@@ -368,6 +393,7 @@ def _signature(job: _Job) -> dict:
         "sizes": list(job.sizes),
         "max_frames": job.max_frames,
         "fps": job.fps,
+        "crop_policy": CROP_POLICY,
     }
 
 
@@ -467,7 +493,7 @@ def _process_frames(job: _Job, out: Path) -> ClipRecord | str:
     face_px = max(x1 - x0, y1 - y0)
     if face_px < job.min_face_px:
         return f"face too small ({face_px:.0f} px, minimum {job.min_face_px:.0f} px)"
-    crop256 = CropTransform.from_landmarks(face.landmarks, size=256)
+    crop256 = _fit_inside(CropTransform.from_landmarks(face.landmarks, size=256), head[0].shape[1], head[0].shape[0])
     crops = {s: (crop256 if s == 256 else crop256.rescaled(s)) for s in job.sizes}
 
     # 2. stream: crop every frame, track landmarks on the 256 crop
@@ -523,7 +549,7 @@ def _process_frames(job: _Job, out: Path) -> ClipRecord | str:
     for s in (256, 512):  # outputs of an earlier run with other sizes
         if s not in job.sizes:
             (out / f"frames_{s}.npy").unlink(missing_ok=True)
-    box = tuple(float(v) for v in crop256.box) if hasattr(crop256, "box") else None
+    box = tuple(float(v) for v in crop256.box)
     return ClipRecord(
         id=src.id,
         identity=src.identity,
