@@ -308,6 +308,10 @@ def test_finetune_initialisation_is_p_e_and_w0_plus_e(prepared):
     with torch.no_grad():
         assert torch.allclose(res.generator(lms), generator(lms, res.embedding[None].expand(8, -1)), atol=1e-5)
     assert not hasattr(generator, "adain_personal")  # the meta-learned model is left unchanged
+    quick = finetune_fewshot(embedder, generator, discriminator, frames[:1], lms[:1], feed_forward=True,
+                             loss_weights=PIXEL_WEIGHTS, evaluate=False)
+    assert np.isnan(quick.content_loss_before)
+    assert torch.equal(quick.generator.adain_personal, quick.embedding @ generator.P.T)
 
 
 @pytest.mark.parametrize("t", [1, 8])

@@ -628,7 +628,8 @@ class FineTuneResult:
     """Personalised G' (ψ' in ``generator.adain_personal``) and D' (w' in ``discriminator.w_personal``).
 
     ``embedding``: ê_NEW (``D``); ``losses``: per-step scalars; ``content_loss_before/after``: the
-    content loss of G' on all T frames (eval mode) at initialisation and after fine-tuning;
+    content loss of G' on all T frames (eval mode) at initialisation and after fine-tuning (``nan``
+    with ``evaluate=False``);
     timings in seconds: ``embed_seconds`` (ê_NEW and the copies), ``finetune_seconds`` (the steps).
     """
 
@@ -682,6 +683,7 @@ def finetune_fewshot(
     autocast_dtype: torch.dtype | None = None,
     seed: int = 0,
     chunk: int = 16,
+    evaluate: bool = True,
 ) -> FineTuneResult:
     """Personalise the meta-learned model to T frames of a new person (paper §3.3).
 
@@ -698,6 +700,7 @@ def finetune_fewshot(
         autocast_dtype: e.g. ``torch.bfloat16`` to run forward passes under autocast.
         seed: seeds the frame sampling.
         chunk: frames per forward pass when embedding or evaluating all T frames.
+        evaluate: measure the content loss on all T frames before and after (``nan`` when False).
     """
     if frames.ndim != 4 or frames.shape[1] != 3 or landmark_images.shape != frames.shape or frames.shape[0] < 1:
         raise ValueError(
@@ -738,7 +741,7 @@ def finetune_fewshot(
     d_p = discriminator.personalize(e_new)
     embed_seconds = time.perf_counter() - t0
 
-    before = _chunked_content_loss(g_p, frames, landmark_images, content_loss, chunk)
+    before = _chunked_content_loss(g_p, frames, landmark_images, content_loss, chunk) if evaluate else math.nan
     losses: list[dict[str, float]] = []
     t1 = time.perf_counter()
     if not feed_forward and steps > 0:
@@ -775,7 +778,7 @@ def finetune_fewshot(
             losses.append({"loss_g": loss_g.item(), "loss_content": cnt.total.item(), "loss_adv": adv.item(),
                            "loss_fm": fm.item(), "loss_d": loss_d.item()})
     finetune_seconds = time.perf_counter() - t1
-    after = _chunked_content_loss(g_p, frames, landmark_images, content_loss, chunk) if losses else before
+    after = _chunked_content_loss(g_p, frames, landmark_images, content_loss, chunk) if losses and evaluate else before
     g_p.eval()
     d_p.eval()
     return FineTuneResult(generator=g_p, discriminator=d_p, embedding=e_new, losses=losses,
