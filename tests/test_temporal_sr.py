@@ -324,3 +324,20 @@ def test_train_sr_smoke_checkpoint_resume_and_final_model(tmp_path, driving_fram
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "perceptual_network": "none", "mixed_precision": "bf16"}))
     assert main(["--config", str(cfg_path), "--output-dir", str(tmp_path / "run3"), "--num-steps", "1"]) == 0
     assert (tmp_path / "run3" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["paper", "demo"])
+def test_shipped_configs_load(name):
+    from metaportrait.training.train_sr import SRTrainConfig
+
+    config = SRTrainConfig.from_json(REPO / "configs" / f"sr_{name}.json")
+    assert config.model == TemporalSRConfig.from_preset(name)
+    assert config.clip_length == 7 and config.learning_rate == 1e-4 if name == "paper" else True
+
+
+def test_demo_preset_runs_at_256_to_512():
+    torch.manual_seed(0)
+    model = TemporalSuperResolution(TemporalSRConfig.from_preset("demo")).eval()
+    with torch.inference_mode():
+        y = model(torch.rand(1, 2, 3, 256, 256) * 2 - 1).frames
+    assert y.shape == (1, 2, 3, 512, 512) and torch.isfinite(y).all()
