@@ -39,7 +39,7 @@ class BaseTrainConfig:
 
     data_dir: str
     output_dir: str
-    preset: str = "demo"
+    preset: str = "demo"  # a generator preset name, or the path of a GeneratorConfig .json
     init_from: str | None = None  # a generator folder to start from (fine-tuning / resuming a recipe)
     warp_steps: int = 200_000
     full_steps: int = 200_000
@@ -59,6 +59,7 @@ class BaseTrainConfig:
     adversarial: bool = True
     disc_preset: str = "demo"
     perceptual_network: str = "auto"
+    perceptual_pyramid: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
     synthetic_stills: tuple[str, ...] = ()
     synthetic_fraction: float = 0.0
     checkpoint_every: int = 1000
@@ -72,6 +73,8 @@ class BaseTrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
             object.__setattr__(self, "betas", tuple(self.betas))
+        if isinstance(self.perceptual_pyramid, list):
+            object.__setattr__(self, "perceptual_pyramid", tuple(self.perceptual_pyramid))
         if isinstance(self.synthetic_stills, list):
             object.__setattr__(self, "synthetic_stills", tuple(self.synthetic_stills))
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -181,13 +184,18 @@ def train(config: BaseTrainConfig) -> Path:
 
     if config.init_from:
         generator = MetaPortraitGenerator.from_pretrained(config.init_from)
+    elif config.preset.endswith(".json"):  # a GeneratorConfig written as JSON (custom sizes)
+        from metaportrait.models.generator import GeneratorConfig
+
+        generator = MetaPortraitGenerator(GeneratorConfig.from_dict(json.loads(Path(config.preset).read_text())))
     else:
         generator = MetaPortraitGenerator(generator_config(config.preset))
     size = generator.config.image_size
     encoder = load_identity_encoder(None).to(device).eval().requires_grad_(False)
     disc = MultiScalePatchDiscriminator(discriminator_config(config.disc_preset)) if config.adversarial else None
     weights = LossWeights(**config.weights)
-    perceptual = PerceptualLoss(network=config.perceptual_network, identity_encoder=encoder)
+    perceptual = PerceptualLoss(pyramid=config.perceptual_pyramid, network=config.perceptual_network,
+                                identity_encoder=encoder)
     criterion = BaseLoss(weights=weights, perceptual=perceptual, identity=IdentityLoss(encoder)).to(device)
 
     train_sets = [(PairDataset(config.data_dir, split="train", size=size, augment=True), 1.0 - config.synthetic_fraction)]
@@ -264,7 +272,7 @@ def train(config: BaseTrainConfig) -> Path:
                 if config.pixel_l1 > 0:
                     pixel = (out_g.image.float() - batch.driving.float()).abs().mean()
                     loss = loss + config.pixel_l1 * pixel
-                    logs["pixel_l1"] = float(pixel)
+                    logs["loss/pixel_l1"] = float(pixel.detach())
             if not torch.isfinite(loss):
                 break
             accelerator.backward(loss / config.grad_accum)
@@ -298,9 +306,13 @@ def train(config: BaseTrainConfig) -> Path:
 
         state.step += 1
         state.seconds = time.perf_counter() - t_start
+        if accelerator.is_main_process:
+            with open(out / "losses.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": state.step, "stage": stage, "loss": float(loss.detach()),
+                                     **{k: round(v, 6) for k, v in terms.as_floats().items()}}) + "\n")
         if state.step % config.log_every == 0 or state.step == 1:
             logs.update({f"loss/{k}": v for k, v in terms.as_floats().items()})
-            logs.update({"loss/total": float(loss), "lr": sched_g.get_last_lr()[0], "stage": 0 if stage == "warp" else 1})
+            logs.update({"loss/total": float(loss.detach()), "lr": sched_g.get_last_lr()[0], "stage": 0 if stage == "warp" else 1})
             accelerator.log(logs, step=state.step)
             accelerator.print(f"step {state.step}/{config.total_steps} [{stage}] loss {float(loss):.4f} "
                               f"({state.seconds / state.step:.2f} s/step)")
