@@ -252,16 +252,25 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
+    ap.add_argument(
+        "--reference-batches",
+        default=None,
+        help="batches at which FOMM is timed (default: --batches); a missing one is compared with FOMM's batch-1 time (marked *)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    dtypes = ["fp32", "bf16"]
+    ref_batches = [int(b) for b in (args.reference_batches or args.batches).split(",")]
+    if 1 not in ref_batches:
+        raise ValueError(f"--reference-batches must include 1, got {args.reference_batches!r}")
+    dtypes = [d for d in args.dtypes.split(",") if d]
     rows: list[tuple[str, int, dict[tuple[int, str], float]]] = []
     names = ["FOMM vox-256"] + [n for n in args.presets.split(",") if n]
     for name in names:
         cells: dict[tuple[int, str], float] = {}
         params = 0
-        for b in batches:
+        for b in ref_batches if name == "FOMM vox-256" else batches:
             if name == "paper" and b != 1:
                 continue
             model, fn = fomm_case(b) if name == "FOMM vox-256" else preset_case(name, b)
@@ -277,13 +286,16 @@ def main() -> None:
     header = "| network | params (M) | " + " | ".join(f"b{b} {dt} ms/frame (×FOMM)" for b, dt in cols) + " |"
     print()
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.runs} runs, 256² unless the preset says otherwise")
+    print("(ratio) = ms/frame divided by FOMM's at the same batch and precision; * = FOMM timed at batch 1 only")
     print(header)
     print("|" + "---|" * (2 + len(cols)))
     for name, params, cells in rows:
         parts = []
         for c in cols:
             if c in cells:
-                parts.append(f"{cells[c]:.1f} ({cells[c] / ref[c]:.2f})")
+                mark = "" if c in ref else "*"
+                base = ref[c] if c in ref else ref[(1, c[1])]
+                parts.append(f"{cells[c]:.1f} ({cells[c] / base:.3f}{mark})")
             else:
                 parts.append("—")
         print(f"| {name} | {params / 1e6:.2f} | " + " | ".join(parts) + " |")

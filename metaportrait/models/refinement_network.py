@@ -178,22 +178,23 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
         for block in self.encoder:
             feats.append(block(feats[-1]))
 
+        # Features are warped in float32 (grids address pixels; bf16 is too coarse for that).
         conds = []
         for f in feats:
             hw = tuple(f.shape[-2:])
-            grid_k = resize_grid(warp.grid, hw).to(f.dtype)
-            occ_k = resize_map(warp.occlusion, hw).to(f.dtype)
-            warped_f = F.grid_sample(f, grid_k, mode="bilinear", padding_mode="zeros", align_corners=False) * occ_k
+            grid_k = resize_grid(warp.grid.float(), hw)
+            occ_k = resize_map(warp.occlusion.float(), hw)
+            warped_f = F.grid_sample(f.float(), grid_k, mode="bilinear", padding_mode="zeros", align_corners=False) * occ_k
             conds.append(
                 torch.cat(
                     [
                         warped_f,
-                        resize_map(warp.warped, hw).to(f.dtype),
-                        resize_map(driving_landmarks, hw).to(f.dtype),
+                        resize_map(warp.warped.float(), hw),
+                        resize_map(driving_landmarks.float(), hw),
                         occ_k,
                     ],
                     dim=1,
-                )
+                ).to(f.dtype)
             )
 
         n = cfg.num_down

@@ -123,7 +123,7 @@ class WarpingOutput:
     """Output of :class:`WarpingNetwork`.
 
     Attributes:
-        grid: ``B×H×W×2`` sampling grid (prior or identity + upsampled flow).
+        grid: ``B×H×W×2`` float32 sampling grid (prior or identity + upsampled flow).
         flow: ``B×2×h×w`` residual offset predicted at ``flow_size`` (grid_sample units).
         occlusion: ``B×1×H×W`` visibility in [0, 1] (1 = visible in the source).
         warped: ``B×3×H×W`` source warped by ``grid``, in [-1, 1].
@@ -243,15 +243,17 @@ class WarpingNetwork(HubModel, tags=["warping-network"]):
         b = source.shape[0]
         check_image("source_landmarks", source_landmarks, cfg.landmark_channels, size, b)
         check_image("driving_landmarks", driving_landmarks, cfg.landmark_channels, size, b)
-        identity = make_identity_grid(b, size, size, device=source.device, dtype=source.dtype)
+        # Grids stay float32 whatever the model/autocast dtype: bf16 cannot address 512² pixels.
+        identity = make_identity_grid(b, size, size, device=source.device, dtype=torch.float32)
+        src32 = source.float()
         parts = [source, source_landmarks.to(source.dtype), driving_landmarks.to(source.dtype)]
         if cfg.use_prior:
             if prior_grid is None:
                 raise ValueError("WarpingNetwork: config.use_prior is True but no prior_grid was given")
             check_grid("prior_grid", prior_grid, b, size)
-            base = prior_grid.to(source.dtype)
-            prior_warped = F.grid_sample(source, base, mode="bilinear", padding_mode=cfg.padding_mode, align_corners=False)
-            parts += [prior_warped, (base - identity).permute(0, 3, 1, 2)]
+            base = prior_grid.float()
+            prior_warped = F.grid_sample(src32, base, mode="bilinear", padding_mode=cfg.padding_mode, align_corners=False)
+            parts += [prior_warped.to(source.dtype), (base - identity).permute(0, 3, 1, 2).to(source.dtype)]
         elif prior_grid is not None:
             raise ValueError("WarpingNetwork: a prior_grid was given but config.use_prior is False")
         else:
@@ -265,9 +267,10 @@ class WarpingNetwork(HubModel, tags=["warping-network"]):
         occlusion = torch.sigmoid(self.occlusion_head(feats))
 
         flow_up = resize_map(flow, (size, size)).permute(0, 2, 3, 1)
-        grid = base + flow_up.to(base.dtype)
+        grid = base + flow_up.float()
         occlusion = resize_map(occlusion, (size, size))
-        warped = F.grid_sample(source, grid.to(source.dtype), mode="bilinear", padding_mode=cfg.padding_mode, align_corners=False)
+        warped = F.grid_sample(src32, grid, mode="bilinear", padding_mode=cfg.padding_mode, align_corners=False)
+        warped = warped.to(source.dtype)
         return WarpingOutput(grid=grid, flow=flow, occlusion=occlusion, warped=warped, motion_code=z_w)
 
 
