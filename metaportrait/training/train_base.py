@@ -167,9 +167,9 @@ def train(config: BaseTrainConfig) -> Path:
     from metaportrait.identity import load_identity_encoder
     from metaportrait.models.discriminator import MultiScalePatchDiscriminator, discriminator_config
     from metaportrait.models.generator import MetaPortraitGenerator, generator_config
-    from metaportrait.models.face_align import align_faces
     from metaportrait.training.datasets import PairDataset, SyntheticMotionDataset, collate_pairs
-    from metaportrait.training.losses import BaseLoss, IdentityLoss, LossWeights, PerceptualLoss, discriminator_loss
+    from metaportrait.training.losses import discriminator_loss
+    from metaportrait.training.objective import GeneratorObjective, ObjectiveConfig
     from metaportrait.weights import write_model_index
 
     out = Path(config.output_dir)
@@ -193,10 +193,10 @@ def train(config: BaseTrainConfig) -> Path:
     size = generator.config.image_size
     encoder = load_identity_encoder(None).to(device).eval().requires_grad_(False)
     disc = MultiScalePatchDiscriminator(discriminator_config(config.disc_preset)) if config.adversarial else None
-    weights = LossWeights(**config.weights)
-    perceptual = PerceptualLoss(pyramid=config.perceptual_pyramid, network=config.perceptual_network,
-                                identity_encoder=encoder)
-    criterion = BaseLoss(weights=weights, perceptual=perceptual, identity=IdentityLoss(encoder)).to(device)
+    objective = GeneratorObjective(encoder, ObjectiveConfig(
+        weights=config.weights, pixel_l1=config.pixel_l1, perceptual_network=config.perceptual_network,
+        perceptual_pyramid=config.perceptual_pyramid)).to(device)
+    weights = objective.weights
 
     train_sets = [(PairDataset(config.data_dir, split="train", size=size, augment=True), 1.0 - config.synthetic_fraction)]
     if config.synthetic_stills and config.synthetic_fraction > 0:
@@ -248,31 +248,9 @@ def train(config: BaseTrainConfig) -> Path:
         logs: dict[str, float] = {}
         for micro in range(config.grad_accum):
             batch = source.batch(state.step, micro).to(device)
-            with torch.no_grad():
-                identity = encoder(align_faces(batch.source, batch.source_five_points)).float()
             with accelerator.autocast():
-                out_g = generator(batch.source, batch.source_landmark_image, batch.driving_landmark_image, identity,
-                                  prior_grid=batch.prior_grid if raw_gen.config.use_prior else None, stage=stage)
-                adversarial = disc is not None and stage == "full" and weights.adv > 0
-                fake = real = None
-                if adversarial:
-                    fake = disc(out_g.image, batch.driving_landmark_image)
-                    with torch.no_grad():
-                        real = disc(batch.driving, batch.driving_landmark_image)
-                terms = criterion(
-                    out_g.warped, batch.driving,
-                    refined=out_g.image if stage == "full" else None,
-                    source=batch.source, driving_boxes=batch.driving_boxes,
-                    source_points=batch.source_five_points, driving_points=batch.driving_five_points,
-                    fake_logits=fake.logits if adversarial else None,
-                    real_feats=real.features if adversarial else None,
-                    fake_feats=fake.features if adversarial else None,
-                )
-                loss = terms.total
-                if config.pixel_l1 > 0:
-                    pixel = (out_g.image.float() - batch.driving.float()).abs().mean()
-                    loss = loss + config.pixel_l1 * pixel
-                    logs["loss/pixel_l1"] = float(pixel.detach())
+                result = objective(generator, batch, stage=stage, discriminator=disc)
+            loss, out_g = result.loss, result.output
             if not torch.isfinite(loss):
                 break
             accelerator.backward(loss / config.grad_accum)
@@ -302,17 +280,17 @@ def train(config: BaseTrainConfig) -> Path:
                     accelerator.clip_grad_norm_(disc.parameters(), config.grad_clip)
                 opt_d.step()
             opt_d.zero_grad(set_to_none=True)
-            logs["d_loss"] = float(d_loss)
+            logs["loss/discriminator"] = float(d_loss.detach())
 
         state.step += 1
         state.seconds = time.perf_counter() - t_start
         if accelerator.is_main_process:
             with open(out / "losses.jsonl", "a") as fh:
                 fh.write(json.dumps({"step": state.step, "stage": stage, "loss": float(loss.detach()),
-                                     **{k: round(v, 6) for k, v in terms.as_floats().items()}}) + "\n")
+                                     **{k: round(v, 6) for k, v in result.terms.items()}}) + "\n")
         if state.step % config.log_every == 0 or state.step == 1:
-            logs.update({f"loss/{k}": v for k, v in terms.as_floats().items()})
-            logs.update({"loss/total": float(loss.detach()), "lr": sched_g.get_last_lr()[0], "stage": 0 if stage == "warp" else 1})
+            logs.update({f"loss/{k}": v for k, v in result.terms.items()})
+            logs.update({"lr": sched_g.get_last_lr()[0], "stage": 0 if stage == "warp" else 1})
             accelerator.log(logs, step=state.step)
             accelerator.print(f"step {state.step}/{config.total_steps} [{stage}] loss {float(loss):.4f} "
                               f"({state.seconds / state.step:.2f} s/step)")
