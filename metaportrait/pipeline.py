@@ -157,16 +157,22 @@ class MetaPortraitPipeline:
         """
         from metaportrait.identity import load_identity_encoder
 
-        folder = resolve_pipeline_folder(weights, components=("base",))
+        component = "generator"
+        if adapter is not None:
+            from metaportrait.adapters import read_adapter_config
+
+            # an adapter is trained on one component (the meta-learned weights when there are any)
+            component = read_adapter_config(adapter).get("metadata", {}).get("component", "generator")
+        folder = resolve_pipeline_folder(weights, components=("base", "meta") if component == "meta" else ("base",))
         index = read_model_index(folder)
-        gen_dir = component_folder(folder, index, "generator")
+        gen_dir = component_folder(folder, index, component)
         if gen_dir is None:
-            raise WeightsError(f"{folder}: model_index.json names no generator")
+            raise WeightsError(f"{folder}: model_index.json names no {component} component")
         generator = MetaPortraitGenerator.from_pretrained(gen_dir)
         if adapter is not None:
             from metaportrait.adapters import load_adapter, merge_adapter
 
-            load_adapter(generator, adapter)
+            load_adapter(generator, adapter, base_id=component)
             generator = merge_adapter(generator)
         encoder = load_identity_encoder(identity_encoder)
         if device is None:

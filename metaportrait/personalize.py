@@ -1,0 +1,239 @@
+"""Fast personalization (MetaPortrait §3.2 "fast personalization"; DESIGN.md §2.5).
+
+Fine-tune the generator on frames of one person, starting from the meta-learned weights (the
+``meta`` component of a pipeline folder; the base weights when there is none), with the base
+objective and a step or wall-clock budget. The result is either a small low-rank adapter
+(``adapter.safetensors`` + ``adapter_config.json``, loaded on top of the same weights by
+``MetaPortraitPipeline.from_pretrained(..., adapter=DIR)``) or a full pipeline folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from metaportrait.errors import NoFaceError
+from metaportrait.face import CropTransform, FaceAnalyzer
+from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
+from metaportrait.video import iter_frames, probe_video
+
+ProgressFn = Callable[[int, float, float], bool | None]
+"""``progress(step, loss, elapsed_seconds)``; returning True stops early."""
+
+
+@dataclass(frozen=True)
+class PersonalizeOptions:
+    steps: int | None = None
+    seconds: float | None = 30.0
+    adapter: Literal["lora", "full"] = "lora"
+    rank: int = 8
+    lr: float = 2e-4  # α of the paper's inner loop
+    batch_size: int = 4
+    max_frames: int = 64
+    objective: dict = field(default_factory=lambda: {
+        "weights": {"warp_vgg": 0.0, "refine_vgg": 1.0, "identity": 0.0, "adv": 0.0, "feature_matching": 0.0},
+        "pixel_l1": 10.0, "perceptual_pyramid": (0.5, 0.25)})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.seconds is None:
+            raise ValueError("give steps or seconds (or both) as the personalization budget")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {self.seconds}")
+        if self.adapter not in ("lora", "full"):
+            raise ValueError(f"adapter must be 'lora' or 'full', got {self.adapter!r}")
+        if self.rank < 1 or self.batch_size < 1 or self.max_frames < 2:
+            raise ValueError(f"rank, batch_size >= 1 and max_frames >= 2 required, got {self.rank}, "
+                             f"{self.batch_size}, {self.max_frames}")
+
+
+@dataclass
+class PersonFrames:
+    """Cropped frames of one person (uint8 N×S×S×3) and their landmarks (N×478×2, crop pixels)."""
+
+    frames: np.ndarray
+    landmarks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass
+class PersonalizeResult:
+    output_dir: Path
+    adapter: str
+    component: str
+    steps: int
+    seconds: float
+    losses: list[float]
+    times: list[float]
+    num_frames: int
+    output_bytes: int
+
+
+def collect_frames(video: str | Path | None = None, images: Sequence[str | Path | np.ndarray] = (), *,
+                   size: int = 256, max_frames: int = 64, limits: InputLimits = DEFAULT_LIMITS) -> PersonFrames:
+    """Frames of one person from a video (one crop box, fixed on its first face, as the paper) and/or photos.
+
+    Video frames are sampled evenly over the clip. Raises :class:`NoFaceError` when fewer than two
+    frames with a face are found.
+    """
+    frames: list[np.ndarray] = []
+    lms: list[np.ndarray] = []
+    if video is not None:
+        info = probe_video(video, limits)
+        stride = max(1, info.num_frames // max_frames)
+        crop: CropTransform | None = None
+        with FaceAnalyzer(static_image_mode=False, max_faces=1) as fa:
+            for i, frame in enumerate(iter_frames(video, limits=limits)):
+                if i % stride or len(frames) >= max_frames:
+                    continue
+                dets = fa.detect(frame)
+                if not dets:
+                    continue
+                if crop is None:
+                    crop = CropTransform.from_landmarks(dets[0].landmarks, size=size)
+                frames.append(crop.crop(frame))
+                lms.append(crop.points_to_crop(dets[0].landmarks).astype(np.float32))
+    with FaceAnalyzer(static_image_mode=True) as fa:
+        for img in images:
+            arr = load_image(img, limits)
+            det = fa.largest(arr)
+            c = CropTransform.from_landmarks(det.landmarks, size=size)
+            frames.append(c.crop(arr))
+            lms.append(c.points_to_crop(det.landmarks).astype(np.float32))
+    if len(frames) < 2:
+        raise NoFaceError(f"personalization needs at least 2 frames with a face, found {len(frames)}")
+    return PersonFrames(np.stack(frames), np.stack(lms))
+
+
+class PersonPairs(torch.utils.data.Dataset):
+    """Random source/driving pairs among one person's frames (same objective as base training)."""
+
+    def __init__(self, person: PersonFrames, seed: int = 0) -> None:
+        self.person, self.seed = person, seed
+
+    def __len__(self) -> int:
+        return len(self.person) * len(self.person)
+
+    def __getitem__(self, index: int):
+        from metaportrait.training.datasets import make_pair
+
+        n = len(self.person)
+        s, d = divmod(index, n)
+        p = self.person
+        return make_pair(p.frames[s], p.frames[d], p.landmarks[s], p.landmarks[d], identity="person", clip_id="person")
+
+    def batch(self, step: int, batch_size: int):
+        from metaportrait.training.datasets import collate_pairs
+
+        rng = np.random.default_rng([self.seed, step])
+        return collate_pairs([self[int(i)] for i in rng.integers(len(self), size=batch_size)])
+
+
+def load_start_generator(weights: str | Path | None):
+    """(generator, component name, pipeline folder): the ``meta`` component when present, else ``generator``."""
+    from metaportrait.models.generator import MetaPortraitGenerator
+    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+
+    folder = resolve_pipeline_folder(weights, components=("base", "meta"))
+    index = read_model_index(folder)
+    component = "meta" if index.get("meta") else "generator"
+    return MetaPortraitGenerator.from_pretrained(component_folder(folder, index, component)), component, folder
+
+
+def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
+                options: PersonalizeOptions = PersonalizeOptions(), progress: ProgressFn | None = None,
+                generator=None, component: str = "generator") -> PersonalizeResult:
+    """Fine-tune on ``person`` and write an adapter (or a full pipeline folder) to ``output_dir``.
+
+    ``generator`` may be given directly (e.g. the benchmark compares starting points); otherwise it
+    is loaded from ``weights`` (the ``meta`` component when the pipeline folder has one).
+    """
+    from metaportrait.adapters import add_lora, save_adapter
+    from metaportrait.identity import load_identity_encoder
+    from metaportrait.training.objective import GeneratorObjective, ObjectiveConfig
+    from metaportrait.training.reptile import adapt
+    from metaportrait.weights import write_model_index
+
+    if generator is None:
+        generator, component, _ = load_start_generator(weights)
+    size = generator.config.image_size
+    if person.frames.shape[1] != size:
+        raise ValueError(f"frames are {person.frames.shape[1]}² but the generator works at {size}²")
+    torch.manual_seed(options.seed)
+    objective = GeneratorObjective(load_identity_encoder(None), ObjectiveConfig(**options.objective))
+    pairs = PersonPairs(person, seed=options.seed)
+    generator.eval()  # no batch statistics to carry: the adapter holds only weights
+    if options.adapter == "lora":
+        add_lora(generator, rank=options.rank)
+    params = [p for p in generator.parameters() if p.requires_grad]
+
+    def loss_fn(model, step: int) -> torch.Tensor:
+        return objective(model, pairs.batch(step, options.batch_size), stage="full").loss
+
+    t0 = time.perf_counter()
+    result = adapt(generator, loss_fn, steps=options.steps, seconds=options.seconds, lr=options.lr, params=params,
+                   callback=progress)
+    out = Path(output_dir)
+    meta = {"component": component, "frames": len(person), "steps": result.steps, "seconds": result.seconds,
+            "options": {k: v for k, v in asdict(options).items() if k != "objective"}}
+    if options.adapter == "lora":
+        save_adapter(generator, out, base_id=component, metadata=meta)
+    else:
+        generator.save_pretrained(out / "base")
+        write_model_index(out, generator="base")
+        (out / "personalization.json").write_text(json.dumps(meta, indent=2))
+    size_bytes = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
+    return PersonalizeResult(output_dir=out, adapter=options.adapter, component=component, steps=result.steps,
+                             seconds=time.perf_counter() - t0, losses=list(result.losses), times=list(result.times),
+                             num_frames=len(person), output_bytes=size_bytes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="metaportrait personalize",
+                                 description="Adapt the model to one person in seconds (fast personalization).")
+    ap.add_argument("--video", help="a short video of the person")
+    ap.add_argument("--images", nargs="*", default=[], help="photos of the person")
+    ap.add_argument("--base", default=None, help="pipeline folder or Hub repo id (default: embedded weights/)")
+    ap.add_argument("--output", required=True, help="output folder (adapter or pipeline folder)")
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int)
+    budget.add_argument("--seconds", type=float)
+    ap.add_argument("--adapter", choices=["lora", "full"], default="lora")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--max-frames", type=int, default=64)
+    args = ap.parse_args(argv)
+    if not args.video and not args.images:
+        ap.error("give --video and/or --images")
+    from tqdm import tqdm
+
+    generator, component, _ = load_start_generator(args.base)
+    person = collect_frames(args.video, args.images, size=generator.config.image_size, max_frames=args.max_frames)
+    opts = PersonalizeOptions(steps=args.steps, seconds=args.seconds if args.seconds is not None else (None if args.steps else 30.0),
+                              adapter=args.adapter, rank=args.rank, max_frames=args.max_frames)
+    bar = tqdm(total=opts.steps, unit="step", desc="personalize")
+
+    def progress(step: int, loss: float, elapsed: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", s=f"{elapsed:.0f}")
+
+    res = personalize(person, args.output, options=opts, progress=progress, generator=generator, component=component)
+    bar.close()
+    print(f"wrote {res.output_dir} ({res.adapter}, {res.output_bytes / 1e6:.2f} MB) after {res.steps} steps in "
+          f"{res.seconds:.1f}s on {res.num_frames} frames; loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

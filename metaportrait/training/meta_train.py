@@ -1,0 +1,180 @@
+"""Meta-learning for fast personalization (MetaPortrait §3.2, Algorithm 1; DESIGN.md §2.5).
+
+Starting from base weights φ, each outer step takes M identities; for each, φ is cloned and
+fine-tuned for K inner steps (Adam, α) on a batch of that person's frames; the outer optimiser
+(Adam, β) receives the mean of (φ − φ_K) as its gradient, i.e. φ moves toward the adapted
+weights (Reptile). No GAN loss (as the official code). The result is saved as a Hub model
+(``MetaPortraitGenerator``) in ``output_dir/final/meta`` with a pipeline ``model_index.json``.
+
+Checkpoints (``output_dir/checkpoints/step_N``: the generator via ``save_pretrained`` and the
+outer-optimiser state) resume exactly: tasks are drawn from an RNG seeded by (seed, step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    data_dir: str
+    output_dir: str
+    init_from: str  # base generator folder or pipeline folder
+    outer_steps: int = 14_000
+    tasks_per_step: int = 4  # M identities per outer step
+    inner_steps: int = 24  # K
+    inner_lr: float = 2e-4  # α
+    outer_lr: float = 2e-5  # β
+    frames_per_identity: int = 48
+    inner_batch_size: int = 8  # the 48 frames are split into inner batches of this size
+    objective: dict = field(default_factory=dict)  # ObjectiveConfig fields (no adversarial term)
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("outer_steps", "tasks_per_step", "inner_steps", "frames_per_identity", "inner_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> MetaTrainConfig:
+        data = json.loads(Path(path).read_text())
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}")
+        return cls(**data)
+
+
+def load_generator(path: str | Path):
+    """A generator from a generator folder or a pipeline folder (its ``generator`` component)."""
+    from metaportrait.models.generator import MetaPortraitGenerator
+    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+
+    folder = resolve_pipeline_folder(path)
+    index = read_model_index(folder)
+    return MetaPortraitGenerator.from_pretrained(component_folder(folder, index, "generator"))
+
+
+def _split_batches(batch, size: int) -> list:
+    """Split a batched :class:`PairSample` into inner batches of ``size`` (tensors and lists sliced)."""
+    from metaportrait.training.datasets import PairSample
+
+    return [
+        PairSample(**{f.name: (v[i: i + size] if isinstance(v, (torch.Tensor, list)) else v)
+                      for f in dataclasses.fields(batch) for v in [getattr(batch, f.name)]})
+        for i in range(0, batch.batch_size, size)
+    ]
+
+
+def meta_train(config: MetaTrainConfig) -> Path:
+    """Run (or resume) Reptile meta-learning; returns the pipeline folder ``output_dir/final``."""
+    from metaportrait.identity import load_identity_encoder
+    from metaportrait.training.datasets import IdentityFramesDataset
+    from metaportrait.training.objective import GeneratorObjective, ObjectiveConfig
+    from metaportrait.training.reptile import Reptile, ReptileConfig, Task
+    from metaportrait.weights import write_model_index
+
+    out = Path(config.output_dir)
+    ckpt_dir = out / "checkpoints"
+    torch.manual_seed(config.seed)
+    latest = _latest(ckpt_dir)
+    generator = load_generator(latest / "generator" if latest else config.init_from)
+    generator.train()
+    encoder = load_identity_encoder(None)
+    objective = GeneratorObjective(encoder, ObjectiveConfig(**config.objective))
+    data = IdentityFramesDataset(config.data_dir, frames_per_identity=config.frames_per_identity, split="train",
+                                 size=generator.config.image_size, seed=config.seed)
+    if len(data) < 1:
+        raise ValueError(f"no training identities in {config.data_dir}")
+    reptile = Reptile(generator, ReptileConfig(inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                                               outer_lr=config.outer_lr, tasks_per_step=config.tasks_per_step,
+                                               seed=config.seed))
+    step, seconds = 0, 0.0
+    if latest is not None:
+        state = torch.load(latest / "reptile.pt", weights_only=True)
+        reptile.load_state_dict(state["reptile"])
+        step, seconds = int(state["step"]), float(state["seconds"])
+        print(f"resumed from {latest} at outer step {step}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+
+    def loss_fn(model, batch):
+        return objective(model, batch, stage="full").loss
+
+    t0 = time.perf_counter() - seconds
+    while step < config.outer_steps:
+        rng = np.random.default_rng([config.seed, step])
+        people = rng.choice(len(data), size=min(config.tasks_per_step, len(data)), replace=False)
+        tasks = []
+        for p in people:
+            data.set_epoch(step)
+            batches = _split_batches(data[int(p)], config.inner_batch_size)
+            tasks.append(Task.from_batches(batches, loss_fn, name=data.identities[int(p)]))
+        result = reptile.outer_step(tasks)
+        step += 1
+        seconds = time.perf_counter() - t0
+        with open(out / "losses.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step, "first": float(np.mean(result.first_losses)),
+                                 "last": float(np.mean(result.last_losses)), "seconds": seconds}) + "\n")
+        if step % config.log_every == 0 or step == 1:
+            print(f"outer step {step}/{config.outer_steps}: inner loss {np.mean(result.first_losses):.4f} -> "
+                  f"{np.mean(result.last_losses):.4f} ({seconds / step:.1f} s/step)")
+        budget_hit = config.max_seconds is not None and seconds >= config.max_seconds
+        if step % config.checkpoint_every == 0 or step == config.outer_steps or budget_hit:
+            _save_checkpoint(ckpt_dir, step, seconds, generator, reptile, config.keep_checkpoints)
+        if budget_hit:
+            print(f"wall-clock budget of {config.max_seconds:.0f}s reached at outer step {step}")
+            break
+    final = out / "final"
+    generator.save_pretrained(final / "meta")
+    write_model_index(final, generator="meta")
+    (final / "training.json").write_text(json.dumps({"outer_steps": step, "seconds": seconds,
+                                                     "config": dataclasses.asdict(config)}, indent=2))
+    return final
+
+
+def _latest(ckpt_dir: Path) -> Path | None:
+    done = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name[5:]))
+    return done[-1] if done else None
+
+
+def _save_checkpoint(ckpt_dir: Path, step: int, seconds: float, generator, reptile, keep: int) -> None:
+    path = ckpt_dir / f"step_{step:08d}"
+    generator.save_pretrained(path / "generator")
+    torch.save({"reptile": reptile.state_dict(), "step": step, "seconds": seconds}, path / "reptile.pt")
+    (path / "DONE").write_text(str(step))
+    done = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name[5:]))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="metaportrait meta-train", description="Reptile meta-learning (Algorithm 1).")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--data-dir")
+    ap.add_argument("--output-dir")
+    ap.add_argument("--init-from")
+    ap.add_argument("--max-seconds", type=float)
+    args = ap.parse_args(argv)
+    cfg = MetaTrainConfig.from_file(args.config, data_dir=args.data_dir, output_dir=args.output_dir,
+                                    init_from=args.init_from, max_seconds=args.max_seconds)
+    print(f"final weights: {meta_train(cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
