@@ -71,3 +71,33 @@ def no_face_image() -> np.ndarray:
     from skimage import data
 
     return data.coffee()
+
+
+@pytest.fixture(scope="session")
+def prepared_data(tmp_path_factory) -> Path:
+    """A real prepared training set: 16 frames of two example clips (two identities), 256² crops."""
+    import shutil
+
+    from metaportrait.training.prepare import prepare_data
+
+    raw = tmp_path_factory.mktemp("raw")
+    for name, ident in [("driving_franck.mp4", "franck"), ("driving_webcam.mp4", "webcam")]:
+        (raw / ident / "clip").mkdir(parents=True)
+        shutil.copy(EXAMPLES / name, raw / ident / "clip" / name)
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_data(raw, out, sizes=(256,), workers=1, max_frames_per_clip=16, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny256_config(tmp_path_factory) -> Path:
+    """The "tiny" generator preset at 256² (the prepared data's size), as a GeneratorConfig JSON file."""
+    import json
+
+    from metaportrait.models.generator import generator_config
+
+    cfg = generator_config("tiny")
+    cfg = cfg.replace(warping=cfg.warping.replace(image_size=256), refinement=cfg.refinement.replace(image_size=256))
+    path = tmp_path_factory.mktemp("cfg") / "tiny256.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    return path

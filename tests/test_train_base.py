@@ -11,32 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from metaportrait.models.generator import generator_config
 from metaportrait.pipeline import MetaPortraitPipeline
-from metaportrait.training.prepare import prepare_data
 from metaportrait.training.train_base import BaseTrainConfig, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    raw = tmp_path_factory.mktemp("raw")
-    for name, ident in [("driving_franck.mp4", "franck"), ("driving_webcam.mp4", "webcam")]:
-        (raw / ident / "clip").mkdir(parents=True)
-        shutil.copy(EXAMPLES / name, raw / ident / "clip" / name)
-    out = tmp_path_factory.mktemp("prepared")
-    prepare_data(raw, out, sizes=(256,), workers=1, max_frames_per_clip=16, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny256(tmp_path_factory) -> Path:
-    cfg = generator_config("tiny")
-    cfg = cfg.replace(warping=cfg.warping.replace(image_size=256), refinement=cfg.refinement.replace(image_size=256))
-    path = tmp_path_factory.mktemp("cfg") / "tiny256.json"
-    path.write_text(json.dumps(cfg.to_dict()))
-    return path
 
 
 def _config(prepared: Path, tiny256: Path, out: Path, **kw) -> BaseTrainConfig:
@@ -54,7 +32,8 @@ def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (out / "losses.jsonl").read_text().splitlines())}
 
 
-def test_both_stages_checkpoint_resume_and_load(prepared, tiny256, tmp_path):
+def test_both_stages_checkpoint_resume_and_load(prepared_data, tiny256_config, tmp_path):
+    prepared, tiny256 = prepared_data, tiny256_config
     torch.manual_seed(0)
     run_a = tmp_path / "a"
     final = train(_config(prepared, tiny256, run_a))

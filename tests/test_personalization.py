@@ -1,0 +1,96 @@
+"""Meta-learning and personalization end to end on real frames (tiny configs, a few steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metaportrait.errors import NoFaceError, WeightsError
+from metaportrait.models.generator import GeneratorConfig, MetaPortraitGenerator
+from metaportrait.personalize import PersonalizeOptions, collect_frames, load_start_generator, personalize
+from metaportrait.pipeline import MetaPortraitPipeline
+from metaportrait.training.meta_train import MetaTrainConfig, meta_train
+from metaportrait.weights import write_model_index
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FAST = {"weights": {"warp_vgg": 0.0, "refine_vgg": 0.0, "identity": 0.0, "adv": 0.0, "feature_matching": 0.0},
+        "pixel_l1": 10.0, "perceptual_network": "sface", "perceptual_pyramid": (0.25,)}
+
+
+@pytest.fixture(scope="module")
+def base_folder(tiny256_config, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("pipe")
+    MetaPortraitGenerator(GeneratorConfig.from_dict(json.loads(tiny256_config.read_text()))).save_pretrained(folder / "base")
+    write_model_index(folder, generator="base")
+    return folder
+
+
+def test_meta_train_steps_checkpoint_and_resume(prepared_data, base_folder, tmp_path):
+    cfg = MetaTrainConfig(data_dir=str(prepared_data), output_dir=str(tmp_path / "meta"), init_from=str(base_folder),
+                          outer_steps=2, tasks_per_step=2, inner_steps=2, inner_lr=1e-3, outer_lr=1e-3,
+                          frames_per_identity=4, inner_batch_size=2, objective=FAST, checkpoint_every=1)
+    final = meta_train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "meta" / "losses.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["last"]) for r in rows)
+    meta = MetaPortraitGenerator.from_pretrained(final / "meta")
+    base = MetaPortraitGenerator.from_pretrained(base_folder / "base")
+    moved = sum((a - b).abs().sum().item() for a, b in zip(meta.parameters(), base.parameters()))
+    assert moved > 0, "the outer step must move the initialisation"
+    # resume: ask for one more outer step; it continues from step 2, not from scratch
+    meta_train(cfg.__class__(**{**cfg.__dict__, "outer_steps": 3}))
+    rows = [json.loads(x) for x in (tmp_path / "meta" / "losses.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_personalize_lora_adapter_small_loads_and_changes_output(base_folder, tmp_path):
+    gen, component, _ = load_start_generator(base_folder)
+    person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=gen.config.image_size, max_frames=8)
+    assert person.frames.shape == (8, 256, 256, 3)
+    opts = PersonalizeOptions(steps=3, seconds=None, adapter="lora", rank=4, batch_size=2, objective=FAST, lr=1e-2)
+    res = personalize(person, tmp_path / "adapter", options=opts, generator=gen, component=component)
+    assert res.steps == 3 and len(res.losses) == 3 and all(np.isfinite(res.losses))
+    full_bytes = (base_folder / "base" / "model.safetensors").stat().st_size
+    assert res.output_bytes < full_bytes / 2, (res.output_bytes, full_bytes)
+
+    plain = MetaPortraitPipeline.from_pretrained(base_folder, device="cpu")
+    tuned = MetaPortraitPipeline.from_pretrained(base_folder, device="cpu", adapter=tmp_path / "adapter")
+    src = plain.prepare_source(EXAMPLES / "astronaut.jpg")
+    target = [person.landmarks[3]]
+    a = plain.generate(src, target).astype(np.int16)
+    b = tuned.generate(plain.source_from_crop(src.face, src.landmarks), target).astype(np.int16)
+    assert np.abs(a - b).mean() > 0.01, "the adapter must change the output"
+
+
+def test_adapter_on_wrong_base_is_refused(base_folder, tmp_path, tiny256_config):
+    gen, component, _ = load_start_generator(base_folder)
+    person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=256, max_frames=4)
+    personalize(person, tmp_path / "adapter", generator=gen, component=component,
+                options=PersonalizeOptions(steps=1, seconds=None, rank=2, batch_size=1, objective=FAST))
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    MetaPortraitGenerator(GeneratorConfig.from_dict(json.loads(tiny256_config.read_text()))).save_pretrained(other / "base")
+    write_model_index(other, generator="base")
+    with pytest.raises(WeightsError):
+        MetaPortraitPipeline.from_pretrained(other, device="cpu", adapter=tmp_path / "adapter")
+
+
+def test_full_personalization_is_a_pipeline_folder(base_folder, tmp_path):
+    gen, component, _ = load_start_generator(base_folder)
+    person = collect_frames(None, [EXAMPLES / "astronaut.jpg", EXAMPLES / "mona_lisa.jpg"], size=256)
+    res = personalize(person, tmp_path / "full", generator=gen, component=component,
+                      options=PersonalizeOptions(steps=1, seconds=None, adapter="full", batch_size=1, objective=FAST))
+    MetaPortraitPipeline.from_pretrained(res.output_dir, device="cpu")
+
+
+def test_personalize_needs_faces(tmp_path, no_face_image):
+    from PIL import Image
+
+    p = tmp_path / "cup.png"
+    Image.fromarray(no_face_image).save(p)
+    with pytest.raises(NoFaceError):
+        collect_frames(None, [p, p], size=256)
