@@ -14,6 +14,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import tempfile  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -40,29 +42,38 @@ CONCURRENCY = int(os.environ.get("METAPORTRAIT_CONCURRENCY", "2"))
 LIMITS = InputLimits(max_video_seconds=MAX_VIDEO_SECONDS)
 OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="metaportrait-app-"))
 
-_pipeline: MetaPortraitPipeline | None = None
+WEIGHTS = os.environ.get("METAPORTRAIT_WEIGHTS")
+_pipelines: OrderedDict[str, MetaPortraitPipeline] = OrderedDict()
 _pipeline_lock = threading.Lock()
 
 
-def get_pipeline() -> MetaPortraitPipeline:
-    """Load the pipeline once (lazily, so the UI starts at once)."""
-    global _pipeline
+def get_pipeline(adapter: str | None = None) -> MetaPortraitPipeline:
+    """The pipeline (loaded lazily, so the UI starts at once), optionally with a personalization adapter."""
+    key = adapter or ""
     with _pipeline_lock:
-        if _pipeline is None:
-            _pipeline = MetaPortraitPipeline.from_pretrained(os.environ.get("METAPORTRAIT_WEIGHTS"), limits=LIMITS)
-        return _pipeline
+        if key not in _pipelines:
+            _pipelines[key] = MetaPortraitPipeline.from_pretrained(WEIGHTS, adapter=adapter, limits=LIMITS)
+            while len(_pipelines) > 4:  # bounded: a few personalized models at most
+                _pipelines.popitem(last=False)
+        _pipelines.move_to_end(key)
+        return _pipelines[key]
 
 
 @gpu
-def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool,
-            progress: gr.Progress = gr.Progress()) -> str:
+def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool, use_personal: bool = False,
+            adapter: str | None = None, progress: gr.Progress = gr.Progress()) -> str:
     """Animate the source photo with the driving video; returns the path of an H.264 mp4."""
     if not source:
         raise gr.Error("Please upload a source portrait photo.")
     if not driving:
         raise gr.Error("Please upload a driving video.")
+    if use_personal and not adapter:
+        raise gr.Error("No personalized model yet: run the 'Fast personalization' tab first, or untick the box.")
     progress(0, desc="Loading the model")
-    pipe = get_pipeline()
+    try:
+        pipe = get_pipeline(adapter if use_personal else None)
+    except MetaPortraitError as exc:
+        raise gr.Error(str(exc)) from exc
     out = Path(tempfile.mkstemp(suffix=".mp4", dir=OUTPUT_DIR)[1])
     out.unlink()
 
@@ -85,6 +96,76 @@ def _friendly(exc: Exception, *uploads: str) -> str:
     return msg
 
 
+@gpu
+def personalize(video: str | None, photos: list[str] | None, seconds: float, adapter_kind: str):
+    """Fine-tune on the uploaded person; streams (loss plot, before, after, files, adapter folder)."""
+    import pandas as pd
+
+    from metaportrait.personalize import PersonalizeOptions, collect_frames, load_start_generator
+    from metaportrait.personalize import personalize as run_personalize
+
+    photos = [p if isinstance(p, str) else p.name for p in (photos or [])]
+    if not video and not photos:
+        raise gr.Error("Upload a short video of the person (or a few photos).")
+    try:
+        generator, component, _ = load_start_generator(WEIGHTS)
+        person = collect_frames(video, photos, size=generator.config.image_size, max_frames=48, limits=LIMITS)
+    except MetaPortraitError as exc:
+        raise gr.Error(_friendly(exc, video or "", *photos)) from exc
+    out_dir = Path(tempfile.mkdtemp(prefix="personal-", dir=OUTPUT_DIR))
+    history: list[tuple[int, float, float]] = []
+    outcome: dict = {}
+
+    def progress(step: int, loss: float, elapsed: float) -> None:
+        history.append((step, loss, elapsed))
+
+    def work() -> None:
+        try:
+            outcome["result"] = run_personalize(
+                person, out_dir, generator=generator, component=component, progress=progress,
+                options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind))
+        except Exception as exc:  # surfaced to the user below
+            outcome["error"] = exc
+
+    def plot():
+        return pd.DataFrame(history or [(0, float("nan"), 0.0)], columns=["step", "loss", "seconds"])
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        time.sleep(1.0)
+        yield plot(), None, None, None, None
+    if "error" in outcome:
+        raise gr.Error(f"Personalization failed: {outcome['error']}")
+    res = outcome["result"]
+    files = sorted(str(f) for f in out_dir.rglob("*") if f.suffix in (".safetensors", ".json"))
+    yield plot(), res.before, res.after, files, str(out_dir) if adapter_kind == "lora" else None
+
+
+@gpu
+def upscale(video: str | None, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:
+    """512² temporal super-resolution of a square face video, and a bicubic | SR comparison."""
+    from metaportrait.superres import compare_video, load_sr_model, upscale_video
+
+    if not video:
+        raise gr.Error("Upload a square face video, or send the last reenactment here.")
+    out = Path(tempfile.mkstemp(suffix="_512.mp4", dir=OUTPUT_DIR)[1])
+    cmp = Path(tempfile.mkstemp(suffix="_compare.mp4", dir=OUTPUT_DIR)[1])
+    out.unlink()
+    cmp.unlink()
+
+    def report(done: int, total: int) -> None:
+        progress((done, total), desc="Upscaling", unit="frames")
+
+    try:
+        model = load_sr_model(WEIGHTS)
+        upscale_video(video, out, model=model, progress=report, limits=LIMITS)
+        compare_video(video, cmp, model=model, limits=LIMITS)
+    except MetaPortraitError as exc:
+        raise gr.Error(_friendly(exc, video)) from exc
+    return str(out), str(cmp)
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="MetaPortrait") as demo:
         gr.Markdown(
@@ -93,19 +174,25 @@ def build_demo() -> gr.Blocks:
             "dense landmarks, a warping network and an identity-preserving refinement network). "
             "Every output is labelled **AI-generated**. Do not use it to impersonate real people."
         )
+        adapter_state = gr.State(None)  # folder of this user's personalization adapter
         with gr.Tab("One-shot reenactment"):
             with gr.Row():
                 with gr.Column():
-                    source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"], elem_id="source-image")
-                    driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"], elem_id="driving-video")
+                    source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"],
+                                      elem_id="source-image")
+                    driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"],
+                                       elem_id="driving-video")
                     mode = gr.Radio(
                         ["relative", "absolute"], value="relative", label="Motion transfer",
                         info="relative: another person drives (keeps the source's face shape); absolute: same person",
                     )
                     paste_back = gr.Checkbox(label="Paste the face back into the full photo", value=False)
+                    use_personal = gr.Checkbox(label="Use my personalized model (from the personalization tab)",
+                                               value=False)
                     run = gr.Button("Animate", variant="primary")
                 with gr.Column():
                     result = gr.Video(label="Result", autoplay=True, elem_id="result-video")
+                    to_sr = gr.Button("Send to 512² super-resolution")
             gr.Examples(
                 examples=[
                     [str(EXAMPLES / "astronaut.jpg"), str(EXAMPLES / "driving_speech.mp4"), "relative", False],
@@ -113,8 +200,41 @@ def build_demo() -> gr.Blocks:
                 ],
                 inputs=[source, driving, mode, paste_back],
             )
-            run.click(reenact, inputs=[source, driving, mode, paste_back], outputs=result,
+            run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, adapter_state], outputs=result,
                       api_name="reenact", concurrency_limit=CONCURRENCY)
+        with gr.Tab("Fast personalization"):
+            gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "
+                        "for the chosen time, starting from the meta-learned weights; the result can be used at once "
+                        "in the reenactment tab and downloaded as safetensors.")
+            with gr.Row():
+                with gr.Column():
+                    p_video = gr.Video(label="Video of the person", sources=["upload"])
+                    p_photos = gr.File(label="…or photos", file_count="multiple", file_types=["image"])
+                    p_seconds = gr.Slider(10, 120, value=30, step=5, label="Time budget (seconds)")
+                    p_kind = gr.Radio(["lora", "full"], value="lora", label="Save as",
+                                      info="lora: a small adapter on top of the shared weights; full: all weights")
+                    p_run = gr.Button("Personalize", variant="primary")
+                with gr.Column():
+                    p_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=220)
+                    p_before = gr.Image(label="Before (source | target | output)", interactive=False)
+                    p_after = gr.Image(label="After", interactive=False)
+                    p_files = gr.File(label="Personalized weights", interactive=False)
+            p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind],
+                        outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
+                        concurrency_limit=1, concurrency_id="personalize")
+        with gr.Tab("512² super-resolution"):
+            gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
+                        "with a side-by-side comparison against bicubic upsampling.")
+            with gr.Row():
+                with gr.Column():
+                    s_video = gr.Video(label="Square face video (e.g. a reenactment)", sources=["upload"])
+                    s_run = gr.Button("Upscale to 512²", variant="primary")
+                with gr.Column():
+                    s_out = gr.Video(label="512² result")
+                    s_cmp = gr.Video(label="bicubic | super-resolution")
+            s_run.click(upscale, inputs=s_video, outputs=[s_out, s_cmp], api_name="upscale",
+                        concurrency_limit=CONCURRENCY)
+            to_sr.click(lambda v: v, inputs=result, outputs=s_video, api_visibility="private")
     return demo
 
 

@@ -58,9 +58,10 @@ def fomm_ms_per_frame(threads: int) -> float:
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from networks import time_fomm  # the reference lives with the network benchmark
+    from networks import fomm_case, time_ms_per_frame  # the reference lives with the network benchmark
 
-    return time_fomm(batch=1, repeats=5)
+    _model, run = fomm_case(batch=1)
+    return time_ms_per_frame(run, batch=1, runs=5, dtype="fp32")
 
 
 def main() -> None:

@@ -79,6 +79,8 @@ class PersonalizeResult:
     times: list[float]
     num_frames: int
     output_bytes: int
+    before: np.ndarray | None = None  # preview (uint8 S×(3S)×3: source | target | output) before adaptation
+    after: np.ndarray | None = None  # the same preview after adaptation
 
 
 def collect_frames(video: str | Path | None = None, images: Sequence[str | Path | np.ndarray] = (), *,
@@ -182,9 +184,12 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     def loss_fn(model, step: int) -> torch.Tensor:
         return objective(model, pairs.batch(step, options.batch_size), stage="full").loss
 
+    preview_pair = (0, len(person) // 2)
+    before = render_preview(generator, objective, person, *preview_pair)
     t0 = time.perf_counter()
     result = adapt(generator, loss_fn, steps=options.steps, seconds=options.seconds, lr=options.lr, params=params,
                    callback=progress)
+    after = render_preview(generator, objective, person, *preview_pair)
     out = Path(output_dir)
     meta = {"component": component, "frames": len(person), "steps": result.steps, "seconds": result.seconds,
             "options": {k: v for k, v in asdict(options).items() if k != "objective"}}
@@ -197,7 +202,22 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     size_bytes = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
     return PersonalizeResult(output_dir=out, adapter=options.adapter, component=component, steps=result.steps,
                              seconds=time.perf_counter() - t0, losses=list(result.losses), times=list(result.times),
-                             num_frames=len(person), output_bytes=size_bytes)
+                             num_frames=len(person), output_bytes=size_bytes, before=before, after=after)
+
+
+@torch.no_grad()
+def render_preview(generator, objective, person: PersonFrames, source: int, target: int) -> np.ndarray:
+    """``source | target | output`` (uint8, one row) for frame ``source`` driven by frame ``target``'s landmarks."""
+    from metaportrait.training.datasets import collate_pairs, make_pair
+
+    p = person
+    batch = collate_pairs([make_pair(p.frames[source], p.frames[target], p.landmarks[source], p.landmarks[target])])
+    was_training = generator.training
+    generator.eval()
+    out = objective(generator, batch, stage="full").output.image
+    generator.train(was_training)
+    img = out[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return np.concatenate([p.frames[source], p.frames[target], img], axis=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

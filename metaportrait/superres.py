@@ -224,3 +224,37 @@ def main(argv=None) -> int:
     bar.close()
     print(f"wrote {out}")
     return 0
+
+
+def compare_video(source: str | Path, output: str | Path, *, model: TemporalSuperResolution,
+                  device: str | None = None, progress=None, limits=None) -> Path:
+    """Write a side-by-side video: bicubic (left) | temporal super-resolution (right), both at out_size²."""
+    import collections
+
+    from metaportrait.errors import InvalidVideoError
+    from metaportrait.io import DEFAULT_LIMITS
+    from metaportrait.video import VideoWriter, iter_frames, probe_video
+
+    limits = DEFAULT_LIMITS if limits is None else limits
+    info = probe_video(source, limits)
+    if info.width != info.height:
+        raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; expected square face crops")
+    size, out_size = model.config.in_size, model.config.out_size
+    pending: collections.deque[np.ndarray] = collections.deque()
+
+    def frames():
+        for f in iter_frames(source, limits=limits):
+            f = f if f.shape[0] == size else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+            pending.append(f)
+            yield f
+
+    done = 0
+    with VideoWriter(output, fps=info.fps, audio_from=source if info.has_audio else None,
+                     metadata={"title": "bicubic | metaportrait temporal super-resolution"}) as writer:
+        for sr in upscale_frames(model, frames(), device=device or ("cuda" if torch.cuda.is_available() else "cpu")):
+            bic = bicubic_upscale(pending.popleft()[None], out_size)[0]
+            writer.write(np.concatenate([bic, sr], axis=1))
+            done += 1
+            if progress:
+                progress(done, info.num_frames)
+    return Path(output)
