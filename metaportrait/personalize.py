@@ -233,10 +233,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--adapter", choices=["lora", "full"], default="lora")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--max-frames", type=int, default=64)
+    ap.add_argument("--family", choices=["metaportrait", "fewshot"], default="metaportrait",
+                    help="fewshot: the model of Zakharov et al. 2019 (T frames; --steps 0 = feed-forward)")
     args = ap.parse_args(argv)
     if not args.video and not args.images:
         ap.error("give --video and/or --images")
     from tqdm import tqdm
+
+    if args.family == "fewshot":
+        from metaportrait.fewshot_pipeline import personalize_fewshot
+
+        person = collect_frames(args.video, args.images, size=256, max_frames=args.max_frames)
+        steps = 40 if args.steps is None else args.steps
+        res = personalize_fewshot(person, args.output, weights=args.base, steps=steps, feed_forward=steps == 0)
+        print(f"wrote {res.output_dir} (few-shot, T={res.frames}, {res.steps} steps): embedding "
+              f"{res.embed_seconds:.2f}s, fine-tuning {res.finetune_seconds:.2f}s")
+        return 0
 
     generator, component, _ = load_start_generator(args.base)
     person = collect_frames(args.video, args.images, size=generator.config.image_size, max_frames=args.max_frames)
