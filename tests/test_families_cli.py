@@ -1,0 +1,157 @@
+"""The few-shot family at inference, temporal SR on videos, the evaluation metrics and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from metaportrait.errors import WeightsError
+from metaportrait.weights import write_model_index
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def _count(path: Path) -> tuple[int, tuple[int, int]]:
+    with av.open(str(path)) as c:
+        frames = [f for f in c.decode(video=0)]
+    return len(frames), (frames[0].height, frames[0].width)
+
+
+# ---------------------------------------------------------------- few-shot family
+@pytest.fixture(scope="module")
+def fewshot_weights(tmp_path_factory) -> Path:
+    from metaportrait.training.fewshot import build_models
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("fs")
+    e, g, d = build_models("tiny", num_videos=2)
+    for name, m in [("embedder", e), ("generator", g), ("discriminator", d)]:
+        m.save_pretrained(folder / "fewshot" / name)
+    write_model_index(folder, fewshot="fewshot")
+    return folder
+
+
+@pytest.mark.parametrize("feed_forward", [True, False])
+def test_fewshot_personalize_and_reenact(fewshot_weights, tmp_path, feed_forward):
+    from metaportrait.fewshot_pipeline import FewShotPipeline, personalize_fewshot
+    from metaportrait.personalize import collect_frames
+
+    person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=256, max_frames=8)
+    res = personalize_fewshot(person, tmp_path / "me", weights=fewshot_weights, steps=2, feed_forward=feed_forward)
+    info = json.loads((tmp_path / "me" / "person.json").read_text())
+    assert info["frames"] == 8 and info["steps"] == (0 if feed_forward else 2) == res.steps
+    out = FewShotPipeline(tmp_path / "me").reenact(EXAMPLES / "driving_franck.mp4", tmp_path / "out.mp4")
+    n, (h, w) = _count(out)
+    assert n == 120 and (h, w) == (256, 256)
+
+
+def test_fewshot_missing_component(tmp_path):
+    from metaportrait.fewshot_pipeline import load_fewshot
+
+    write_model_index(tmp_path, generator="base")
+    with pytest.raises(WeightsError, match="few-shot"):
+        load_fewshot(tmp_path)
+
+
+# ---------------------------------------------------------------- temporal SR on videos
+def test_upscale_and_compare_video(tmp_path):
+    from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+    from metaportrait.superres import compare_video, load_sr_model, upscale_video
+    from metaportrait.video import VideoWriter, iter_frames
+
+    torch.manual_seed(0)
+    model = TemporalSuperResolution(TemporalSRConfig.from_preset("tiny"))
+    model.save_pretrained(tmp_path / "w" / "sr")
+    write_model_index(tmp_path / "w", sr="sr")
+    src = tmp_path / "face.mp4"
+    with VideoWriter(src, fps=24) as w:
+        for i, f in enumerate(iter_frames(EXAMPLES / "driving_franck.mp4", max_frames=12)):
+            w.write(np.ascontiguousarray(f[:, 36:324][:288, :288]))
+    loaded = load_sr_model(tmp_path / "w")
+    out = upscale_video(src, tmp_path / "up.mp4", model=loaded)
+    n, (h, w_) = _count(out)
+    assert n == 12 and (h, w_) == (model.config.out_size, model.config.out_size)
+    cmp = compare_video(src, tmp_path / "cmp.mp4", model=loaded)
+    n, (h, w_) = _count(cmp)
+    assert n == 12 and w_ == 2 * h
+
+
+def test_upscale_refuses_non_square(tmp_path):
+    from metaportrait.errors import InvalidVideoError
+    from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+    from metaportrait.superres import upscale_video
+
+    model = TemporalSuperResolution(TemporalSRConfig.from_preset("tiny"))
+    with pytest.raises(InvalidVideoError, match="square"):
+        upscale_video(EXAMPLES / "driving_franck.mp4", tmp_path / "x.mp4", model=model)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+# ---------------------------------------------------------------- evaluation metrics
+def test_landmark_error_known_answers():
+    from metaportrait.evaluation.reenactment import landmark_errors
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(50, 200, size=(478, 2)).astype(np.float64)
+    assert landmark_errors(target, target) == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
+    theta = np.deg2rad(10)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    posed = (target - 128) @ rot.T * 1.1 + 128 + 5  # pure similarity: all pose, no expression
+    total, expr, pose = landmark_errors(posed, target)
+    assert expr < 1e-6 and pose > 0.05 and total == pytest.approx(pose, rel=1e-6)
+
+
+def test_psnr_ssim_known_answers(astronaut):
+    from metaportrait.evaluation.reenactment import psnr, ssim
+
+    assert psnr(astronaut, astronaut) == float("inf")
+    assert ssim(astronaut, astronaut) == pytest.approx(1.0)
+    noisy = np.clip(astronaut.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert 25 < psnr(astronaut, noisy) < 30
+
+
+# ---------------------------------------------------------------- CLI
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metaportrait.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_cli_help_lists_every_subcommand():
+    out = _cli("--help")
+    assert out.returncode == 0
+    for name in ("reenact", "prepare-data", "train-base", "evaluate", "meta-train", "personalize", "train-sr",
+                 "upscale", "train-fewshot", "reenact-fewshot"):
+        assert name in out.stdout, name
+
+
+def test_cli_reenact_clear_error_and_no_output(tmp_path, no_face_image):
+    from PIL import Image
+
+    cup = tmp_path / "cup.png"
+    Image.fromarray(no_face_image).save(cup)
+    weights = tmp_path / "w"
+    from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+
+    MetaPortraitGenerator(generator_config("tiny")).save_pretrained(weights / "base")
+    write_model_index(weights, generator="base")
+    out = tmp_path / "o.mp4"
+    res = _cli("reenact", "--source", str(cup), "--driving", str(EXAMPLES / "driving_webcam.mp4"), "--output", str(out),
+               "--weights", str(weights), "--quiet")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "error: no face" in res.stderr.lower()
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_cli_missing_weights(tmp_path):
+    res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(EXAMPLES / "driving_webcam.mp4"),
+               "--output", str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "does not exist" in res.stderr
