@@ -155,3 +155,21 @@ def test_cli_missing_weights(tmp_path):
     res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(EXAMPLES / "driving_webcam.mp4"),
                "--output", str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "nope"))
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_sr_bicubic_residual_starts_at_bicubic():
+    """The demo SR head adds to bicubic with a zero-initialised gain: step 0 is the bicubic baseline."""
+    import torch.nn.functional as F
+
+    from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+
+    torch.manual_seed(0)
+    model = TemporalSuperResolution(TemporalSRConfig.from_preset("tiny", output="bicubic_residual")).eval()
+    x = torch.rand(1, 3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        y = model(x).frames[0]
+    ref = F.interpolate(x[0], size=(64, 64), mode="bicubic", align_corners=False).clamp(-1, 1)
+    assert torch.allclose(y, ref, atol=1e-6)
+    with torch.no_grad():
+        model.residual_gain.fill_(0.5)
+        assert not torch.allclose(model(x).frames[0], ref, atol=1e-3)

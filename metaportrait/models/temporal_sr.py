@@ -77,12 +77,15 @@ class TemporalSRConfig(ModelConfig):
     different_w: bool = True
     narrow: float = 1.0
     sft_half: bool = True
+    output: Literal["direct", "bicubic_residual"] = "direct"
 
     def validate(self) -> None:
         if self.in_size not in _SIZES or self.out_size not in _SIZES:
             raise ValueError(f"in_size and out_size must be in {_SIZES}, got {self.in_size}, {self.out_size}")
         if self.out_size < self.in_size:
             raise ValueError(f"out_size ({self.out_size}) must be >= in_size ({self.in_size})")
+        if self.output not in ("direct", "bicubic_residual"):
+            raise ValueError(f"output must be 'direct' or 'bicubic_residual', got {self.output!r}")
         if self.unet_input not in ("upsample", "native"):
             raise ValueError(f"unet_input must be 'upsample' or 'native', got {self.unet_input!r}")
         if self.temporal_convs not in ("all", "first_per_block"):
@@ -133,6 +136,7 @@ PRESETS: dict[str, TemporalSRConfig] = {
         channel_multiplier=1,
         num_mlp=2,
         narrow=0.125,
+        output="bicubic_residual",
     ),
     # Tests: 32² -> 64², inflatable from a tiny GFPGANv1Clean(out_size=64, narrow=1/16, ...).
     "tiny": TemporalSRConfig(
@@ -307,6 +311,11 @@ class TemporalSuperResolution(HubModel, tags=["super-resolution", "video", "temp
         n_temporal = 2 * n_levels * per_block + (1 if kt > 1 else 0) + (2 if kt_cond > 1 else 0)
         self.temporal_radius = n_temporal * (kt // 2)
 
+        if cfg.output == "bicubic_residual":
+            # out = bicubic(input) + g·StyleGAN(…), g = 0 at initialisation: training starts at the bicubic
+            # baseline and can only add detail to it (what CPU-hour training can afford to learn).
+            self.residual_gain = nn.Parameter(torch.zeros(()))
+
     def freeze_decoder(self, frozen: bool = True) -> None:
         """Freeze (or unfreeze) the StyleGAN2 decoder's parameters (GFPGAN's ``fix_decoder``)."""
         for p in self.stylegan_decoder.parameters():
@@ -340,4 +349,10 @@ class TemporalSuperResolution(HubModel, tags=["super-resolution", "video", "temp
         image = self.stylegan_decoder(
             style, conditions, input_is_latent=cfg.input_is_latent, randomize_noise=randomize_noise
         )
+        if cfg.output == "bicubic_residual":
+            base = F.interpolate(frames.reshape(b * t, 3, cfg.in_size, cfg.in_size), size=(cfg.out_size, cfg.out_size),
+                                 mode="bicubic", align_corners=False)
+            image = (base + self.residual_gain * image).clamp(-1, 1)
+        elif cfg.output != "direct":
+            raise ValueError(f"unknown output mode {cfg.output!r}")
         return TemporalSROutput(frames=image.view(b, t, 3, cfg.out_size, cfg.out_size))
