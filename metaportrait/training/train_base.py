@@ -349,15 +349,49 @@ def _log_images(accelerator, batch, out_g, step: int) -> None:
     tracker.add_image("source|driving|warped|output", (grid.clamp(-1, 1) + 1) / 2, step)
 
 
+def export_checkpoint(config: BaseTrainConfig, checkpoint: str | Path, output: str | Path) -> Path:
+    """Write the EMA generator of a ``save_state`` checkpoint as a pipeline folder (``output/base``)."""
+    from diffusers.training_utils import EMAModel
+
+    from metaportrait.models.generator import GeneratorConfig, MetaPortraitGenerator, generator_config
+    from metaportrait.weights import write_model_index
+
+    checkpoint, output = Path(checkpoint), Path(output)
+    if config.init_from:
+        generator = MetaPortraitGenerator.from_pretrained(config.init_from)
+    elif config.preset.endswith(".json"):
+        generator = MetaPortraitGenerator(GeneratorConfig.from_dict(json.loads(Path(config.preset).read_text())))
+    else:
+        generator = MetaPortraitGenerator(generator_config(config.preset))
+    ema = EMAModel(generator.parameters(), decay=config.ema_decay)
+    # our own checkpoint (written by accelerate.save_state): a pickled EMA state, trusted by construction
+    ema.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False))
+    ema.copy_to(generator.parameters())
+    generator.save_pretrained(output / "base")
+    write_model_index(output, generator="base")
+    state = torch.load(checkpoint / "custom_checkpoint_1.pkl", map_location="cpu", weights_only=False)
+    (output / "training.json").write_text(json.dumps({"steps": state.get("step"), "seconds": state.get("seconds"),
+                                                      "checkpoint": str(checkpoint),
+                                                      "config": dataclasses.asdict(config)}, indent=2))
+    return output
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="metaportrait train-base", description="Train the base model (two stages).")
     ap.add_argument("--config", required=True)
     ap.add_argument("--data-dir")
     ap.add_argument("--output-dir")
     ap.add_argument("--max-seconds", type=float)
+    ap.add_argument("--export", metavar="CHECKPOINT", help="only export this checkpoint's EMA weights to --export-to")
+    ap.add_argument("--export-to", metavar="DIR")
     args = ap.parse_args(argv)
     cfg = BaseTrainConfig.from_file(args.config, data_dir=args.data_dir, output_dir=args.output_dir,
                                     max_seconds=args.max_seconds)
+    if args.export:
+        if not args.export_to:
+            ap.error("--export needs --export-to")
+        print(f"exported {export_checkpoint(cfg, args.export, args.export_to)}")
+        return 0
     logging.basicConfig(level=logging.INFO)
     final = train(cfg)
     print(f"final weights: {final}")
