@@ -218,3 +218,26 @@ def test_decompression_bomb(pipe, tmp_path):
 def test_model_index_json(tiny_weights):
     index = json.loads((tiny_weights / "model_index.json").read_text())
     assert index["generator"] == "base"
+
+
+def test_from_pretrained_hub_repo_id_offline_cache(tiny_weights, tmp_path, monkeypatch):
+    """A Hub repo id resolves through a hand-built Hub cache with HF_HUB_OFFLINE=1 (no network)."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--metaportrait-tiny"
+    shutil.copytree(tiny_weights, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    pipe = MetaPortraitPipeline.from_pretrained("someone/metaportrait-tiny", device="cpu")
+    assert pipe.size == 128
+    from metaportrait.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="Hub"):
+        MetaPortraitPipeline.from_pretrained("someone/not-in-cache", device="cpu")
