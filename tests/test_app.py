@@ -1,7 +1,8 @@
 """The web demo: a real server, a real browser (Debian chromium through Playwright) and gradio_client.
 
-The app runs in a subprocess on a free port with the weights named by METAPORTRAIT_WEIGHTS
-(the embedded weights when they exist, otherwise a tiny generator made here), fully offline.
+The app runs in a subprocess on a free port with the weights named by METAPORTRAIT_WEIGHTS (a tiny
+generator made here, to keep the suite fast; the embedded weights are loaded in test_weights.py),
+fully offline.
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_weights(tmp_path_factory) -> Path:
-    embedded = REPO / "weights"
-    if (embedded / "model_index.json").exists():
-        return embedded
     import torch
 
     from metaportrait.models.generator import MetaPortraitGenerator, generator_config
@@ -141,3 +139,28 @@ def test_browser_upload_click_and_play(server):
         duration = video.evaluate("v => v.duration")
         browser.close()
     assert duration == pytest.approx(4.0, abs=0.3)
+
+
+def test_gradio_client_personalize_then_reenact_with_adapter(server, tmp_path):
+    """The personalization endpoint streams to completion and returns downloadable safetensors."""
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    photos = [handle_file(str(REPO / "examples" / n)) for n in ("astronaut.jpg", "mona_lisa.jpg")]
+    plot, before, after, files = client.predict(None, photos, 10, "lora", api_name="/personalize")
+    names = sorted(Path(f).name for f in files)
+    assert "adapter.safetensors" in names and "adapter_config.json" in names
+    assert before and after
+    # the same session uses the adapter straight away in the reenactment endpoint
+    short = tmp_path / "short.mp4"
+    from metaportrait.video import VideoWriter, iter_frames
+
+    with VideoWriter(short, fps=25) as w:
+        for f in iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=10):
+            w.write(f)
+    result = client.predict(handle_file(str(REPO / "examples" / "astronaut.jpg")), handle_file(str(short)),
+                            "relative", False, True, api_name="/reenact")
+    path = result["video"] if isinstance(result, dict) else result
+    assert Path(path).stat().st_size > 0
+    with pytest.raises(Exception, match="(?i)video|photos"):
+        client.predict(None, [], 10, "lora", api_name="/personalize")
