@@ -84,12 +84,14 @@ def run_curve(name, generator, objective, train, test, seconds: float, eval_ever
         return objective(model, pairs.batch(step, batch), stage="full").loss
 
     def callback(step, loss, elapsed):
-        if step % eval_every == 0:
+        done = step + 1  # adapt() counts steps from 0; `done` optimisation steps have been taken
+        if done % eval_every == 0:
+            train_seconds = elapsed - clock["eval"]  # evaluation time is not training time
             t0 = time.perf_counter()
             l1, psnr = heldout_error(generator, objective, train, test)
             clock["eval"] += time.perf_counter() - t0
-            curve.append((step, elapsed - clock["eval"], l1, psnr))
-            print(f"  {name}: step {step:4d}  {elapsed - clock['eval']:6.1f}s  held-out L1 {l1:.4f}  PSNR {psnr:.2f}")
+            curve.append((done, train_seconds, l1, psnr))
+            print(f"  {name}: step {done:4d}  {train_seconds:6.1f}s  held-out L1 {l1:.4f}  PSNR {psnr:.2f}")
         return None
 
     generator.train()
@@ -189,6 +191,9 @@ def fewshot_rows(folder: Path, train, test) -> list[dict]:
     from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
     from metaportrait.training.fewshot import finetune_fewshot
 
+    from metaportrait.fewshot_pipeline import fewshot_loss_weights
+
+    weights = fewshot_loss_weights(folder)
     emb = Embedder.from_pretrained(folder / "embedder")
     gen = FewShotGenerator.from_pretrained(folder / "generator")
     disc = ProjectionDiscriminator.from_pretrained(folder / "discriminator")
@@ -212,7 +217,8 @@ def fewshot_rows(folder: Path, train, test) -> list[dict]:
         for t in (1, 8, 32):
             idx = np.linspace(0, len(train) - 1, t).round().astype(int)
             f, y = tensors(train, idx)
-            res = finetune_fewshot(emb, gen, disc, f, y, steps=0 if ff else 20, feed_forward=ff, evaluate=False)
+            res = finetune_fewshot(emb, gen, disc, f, y, steps=0 if ff else 20, feed_forward=ff, evaluate=False,
+                                   loss_weights=weights)
             with torch.no_grad():
                 pred = res.generator(test_y)
             l1 = float((pred - test_f).abs().div(2).mean())

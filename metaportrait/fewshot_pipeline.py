@@ -43,6 +43,17 @@ def load_fewshot(weights: str | Path | None):
             ProjectionDiscriminator.from_pretrained(sub / "discriminator"))
 
 
+def fewshot_loss_weights(folder: Path):
+    """The loss weights the few-shot models in ``folder`` were trained with (``training_config.json``),
+    so fine-tuning optimises the same objective; the paper's weights when the file is absent."""
+    from metaportrait.training.fewshot import FewShotLossWeights
+
+    cfg = Path(folder) / "training_config.json"
+    if cfg.is_file():
+        return FewShotLossWeights(**json.loads(cfg.read_text()).get("loss_weights", {}))
+    return FewShotLossWeights()
+
+
 def person_tensors(person: PersonFrames, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames and landmark images of ``person`` at the few-shot generator's size, in [-1, 1]."""
     scale = size / person.frames.shape[1]
@@ -66,10 +77,14 @@ def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights
     """FT (``steps`` of fine-tuning) or FF (``feed_forward=True``: ψ = P·ê only) on ``person``."""
     from metaportrait.training.fewshot import finetune_fewshot
 
+    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+
     embedder, generator, disc = load_fewshot(weights)
+    folder = resolve_pipeline_folder(weights, components=("fewshot",))
+    loss_weights = fewshot_loss_weights(component_folder(folder, read_model_index(folder), "fewshot"))
     frames, marks = person_tensors(person, generator.config.image_size)
     res = finetune_fewshot(embedder, generator, disc, frames, marks, steps=0 if feed_forward else steps,
-                           feed_forward=feed_forward, evaluate=False)
+                           feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights)
     out = Path(output_dir)
     res.generator.save_pretrained(out / "generator")
     np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
