@@ -69,6 +69,16 @@ def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool
         raise gr.Error("Please upload a driving video.")
     if use_personal and not adapter:
         raise gr.Error("No personalized model yet: run the 'Fast personalization' tab first, or untick the box.")
+    if use_personal and (Path(adapter) / "person.json").is_file():  # a few-shot (Zakharov) personalization
+        from metaportrait.fewshot_pipeline import FewShotPipeline
+
+        out = Path(tempfile.mkstemp(suffix=".mp4", dir=OUTPUT_DIR)[1])
+        out.unlink()
+        try:
+            FewShotPipeline(adapter, limits=LIMITS).reenact(driving, out)
+        except MetaPortraitError as exc:
+            raise gr.Error(_friendly(exc, driving)) from exc
+        return str(out)
     progress(0, desc="Loading the model")
     try:
         pipe = get_pipeline(adapter if use_personal else None)
@@ -97,8 +107,14 @@ def _friendly(exc: Exception, *uploads: str) -> str:
 
 
 @gpu
-def personalize(video: str | None, photos: list[str] | None, seconds: float, adapter_kind: str):
+def personalize(video: str | None, photos: list[str] | None, seconds: float, adapter_kind: str,
+                family: str = "metaportrait"):
     """Fine-tune on the uploaded person; streams (loss plot, before, after, files, adapter folder)."""
+    if family == "fewshot":
+        yield from personalize_fewshot(video, photos)
+        return
+    if family != "metaportrait":
+        raise gr.Error(f"unknown model family {family!r}")
     import pandas as pd
 
     from metaportrait.personalize import PersonalizeOptions, collect_frames, load_start_generator
@@ -140,6 +156,27 @@ def personalize(video: str | None, photos: list[str] | None, seconds: float, ada
     res = outcome["result"]
     files = sorted(str(f) for f in out_dir.rglob("*") if f.suffix in (".safetensors", ".json"))
     yield plot(), res.before, res.after, files, str(out_dir) if adapter_kind == "lora" else None
+
+
+def personalize_fewshot(video: str | None, photos: list[str] | None):
+    """The few-shot family (Zakharov et al.): 40 fine-tuning steps on up to 8 frames (T = 8)."""
+    import pandas as pd
+
+    from metaportrait.fewshot_pipeline import personalize_fewshot as run_fewshot
+    from metaportrait.personalize import collect_frames
+
+    photos = [p if isinstance(p, str) else p.name for p in (photos or [])]
+    if not video and not photos:
+        raise gr.Error("Upload a short video of the person (or a few photos).")
+    out_dir = Path(tempfile.mkdtemp(prefix="fewshot-", dir=OUTPUT_DIR))
+    try:
+        person = collect_frames(video, photos, size=256, max_frames=8, limits=LIMITS)
+        res = run_fewshot(person, out_dir, weights=WEIGHTS, steps=40)
+    except MetaPortraitError as exc:
+        raise gr.Error(_friendly(exc, video or "", *photos)) from exc
+    files = sorted(str(f) for f in out_dir.rglob("*") if f.suffix in (".safetensors", ".json"))
+    plot = pd.DataFrame([(res.steps, float("nan"), res.finetune_seconds)], columns=["step", "loss", "seconds"])
+    yield plot, None, None, files, str(out_dir)
 
 
 @gpu
@@ -213,13 +250,16 @@ def build_demo() -> gr.Blocks:
                     p_seconds = gr.Slider(10, 120, value=30, step=5, label="Time budget (seconds)")
                     p_kind = gr.Radio(["lora", "full"], value="lora", label="Save as",
                                       info="lora: a small adapter on top of the shared weights; full: all weights")
+                    p_family = gr.Radio(["metaportrait", "fewshot"], value="metaportrait", label="Model family",
+                                        info="fewshot: Zakharov et al. 2019 (8 frames, 40 fine-tuning steps; "
+                                             "the source photo is then ignored)")
                     p_run = gr.Button("Personalize", variant="primary")
                 with gr.Column():
                     p_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=220)
                     p_before = gr.Image(label="Before (source | target | output)", interactive=False)
                     p_after = gr.Image(label="After", interactive=False)
                     p_files = gr.File(label="Personalized weights", interactive=False)
-            p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind],
+            p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind, p_family],
                         outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
                         concurrency_limit=1, concurrency_id="personalize")
         with gr.Tab("512² super-resolution"):

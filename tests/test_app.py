@@ -164,3 +164,34 @@ def test_gradio_client_personalize_then_reenact_with_adapter(server, tmp_path):
     assert Path(path).stat().st_size > 0
     with pytest.raises(Exception, match="(?i)video|photos"):
         client.predict(None, [], 10, "lora", api_name="/personalize")
+
+
+def test_personalization_tab_fewshot_family(tmp_path):
+    """The few-shot family through the app's handlers (no server: the same functions the tab calls)."""
+    import importlib
+
+    import torch
+
+    from metaportrait.training.fewshot import build_models
+    from metaportrait.weights import write_model_index
+
+    torch.manual_seed(0)
+    e, g, d = build_models("tiny", num_videos=2)
+    for name, m in [("embedder", e), ("generator", g), ("discriminator", d)]:
+        m.save_pretrained(tmp_path / "w" / "fewshot" / name)
+    write_model_index(tmp_path / "w", fewshot="fewshot")
+    os.environ["METAPORTRAIT_WEIGHTS"] = str(tmp_path / "w")
+    try:
+        app = importlib.reload(importlib.import_module("app"))
+        *_, files, person_dir = list(app.personalize(None, [str(REPO / "examples" / "astronaut.jpg"),
+                                                            str(REPO / "examples" / "mona_lisa.jpg")],
+                                                     10, "lora", "fewshot"))[-1]
+        assert any(f.endswith("model.safetensors") for f in files)
+        out = app.reenact(str(REPO / "examples" / "astronaut.jpg"), str(REPO / "examples" / "driving_webcam.mp4"),
+                          "relative", False, True, person_dir, progress=lambda *a, **k: None)
+        import av
+
+        with av.open(out) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 100
+    finally:
+        os.environ.pop("METAPORTRAIT_WEIGHTS", None)
