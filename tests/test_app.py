@@ -124,7 +124,8 @@ def test_browser_upload_click_and_play(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page()
-        page.goto(server, wait_until="networkidle")
+        page.goto(server, wait_until="domcontentloaded", timeout=120_000)  # gradio keeps a stream open: no "networkidle"
+        page.locator("#source-image input[type=file]").wait_for(state="attached", timeout=120_000)
         page.locator("#source-image input[type=file]").set_input_files(str(REPO / "examples" / "astronaut.jpg"))
         page.locator("#driving-video input[type=file]").set_input_files(str(REPO / "examples" / "driving_webcam.mp4"))
         page.locator("#driving-video video").wait_for(timeout=60_000)
