@@ -292,7 +292,7 @@ def train(config: BaseTrainConfig) -> Path:
             logs.update({f"loss/{k}": v for k, v in result.terms.items()})
             logs.update({"lr": sched_g.get_last_lr()[0], "stage": 0 if stage == "warp" else 1})
             accelerator.log(logs, step=state.step)
-            accelerator.print(f"step {state.step}/{config.total_steps} [{stage}] loss {float(loss):.4f} "
+            accelerator.print(f"step {state.step}/{config.total_steps} [{stage}] loss {float(loss.detach()):.4f} "
                               f"({state.seconds / state.step:.2f} s/step)")
         if accelerator.is_main_process and config.image_every and state.step % config.image_every == 0:
             _log_images(accelerator, batch, out_g, state.step)
