@@ -70,3 +70,20 @@ def test_invalid_config_values():
         BaseTrainConfig(data_dir="x", output_dir="y", mixed_precision="fp8")
     with pytest.raises(ValueError, match="warp_steps"):
         BaseTrainConfig(data_dir="x", output_dir="y", warp_steps=0, full_steps=0)
+
+
+@pytest.mark.parametrize("name", ["base_paper", "base_demo", "base_demo_l1", "base_demo_continue"])
+def test_shipped_base_configs_parse(name):
+    cfg = BaseTrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / f"{name}.json")
+    assert cfg.total_steps > 0
+
+
+@pytest.mark.parametrize("name", ["meta_paper", "meta_demo"])
+def test_shipped_meta_configs_parse(name):
+    from metaportrait.training.meta_train import MetaTrainConfig
+    from metaportrait.training.objective import ObjectiveConfig
+
+    cfg = MetaTrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / f"{name}.json")
+    ObjectiveConfig(**cfg.objective)
+    if name == "meta_paper":  # Algorithm 1 with the paper's K, α, β, N
+        assert (cfg.inner_steps, cfg.inner_lr, cfg.outer_lr, cfg.outer_steps) == (24, 2e-4, 2e-5, 14000)
