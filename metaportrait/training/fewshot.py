@@ -125,7 +125,7 @@ class FewShotTrainConfig:
 
     ``preset`` picks the E/G/D presets (``paper`` 256², ``demo`` 128², ``tiny`` 64²); frames are
     resized to that resolution. ``frames_per_episode`` is K (8 in the paper). ``checkpoint_every``
-    steps an ``accelerate`` state is written to ``output_dir/checkpoints/step_XXXXXXXX`` (the last
+    steps an ``accelerate`` state is written to ``output_dir/checkpoints/step_<8-digit step>`` (the last
     ``keep_checkpoints`` are kept); at the end E, G, D go to ``output_dir/{embedder,generator,
     discriminator}`` with ``save_pretrained``.
     """
