@@ -33,12 +33,11 @@ from metaportrait.video import VideoWriter, add_visible_label, iter_frames, prob
 def load_fewshot(weights: str | Path | None):
     """(embedder, generator, discriminator) from a pipeline folder's ``fewshot`` component."""
     from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
-    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+    from metaportrait.weights import find_component
 
-    folder = resolve_pipeline_folder(weights, components=("fewshot",))
-    sub = component_folder(folder, read_model_index(folder), "fewshot")
+    sub = find_component(weights, "fewshot")
     if sub is None:
-        raise WeightsError(f"{folder} has no few-shot ('fewshot') component; train one with `metaportrait train-fewshot`")
+        raise WeightsError(f"{weights or 'the embedded weights'} has no few-shot ('fewshot') component; train one with `metaportrait train-fewshot`")
     return (Embedder.from_pretrained(sub / "embedder"), FewShotGenerator.from_pretrained(sub / "generator"),
             ProjectionDiscriminator.from_pretrained(sub / "discriminator"))
 
@@ -77,11 +76,10 @@ def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights
     """FT (``steps`` of fine-tuning) or FF (``feed_forward=True``: ψ = P·ê only) on ``person``."""
     from metaportrait.training.fewshot import finetune_fewshot
 
-    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+    from metaportrait.weights import find_component
 
     embedder, generator, disc = load_fewshot(weights)
-    folder = resolve_pipeline_folder(weights, components=("fewshot",))
-    loss_weights = fewshot_loss_weights(component_folder(folder, read_model_index(folder), "fewshot"))
+    loss_weights = fewshot_loss_weights(find_component(weights, "fewshot"))
     frames, marks = person_tensors(person, generator.config.image_size)
     res = finetune_fewshot(embedder, generator, disc, frames, marks, steps=0 if feed_forward else steps,
                            feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights)

@@ -154,12 +154,12 @@ def upscale_frames(
 def load_sr_model(weights: str | Path | None = None) -> TemporalSuperResolution:
     """The ``sr`` component of a pipeline folder / Hub repo (or a TemporalSuperResolution folder)."""
     from metaportrait.errors import WeightsError
-    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+    from metaportrait.weights import find_component, resolve_pipeline_folder
 
     folder = resolve_pipeline_folder(weights, components=("sr",))
     if (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
         return TemporalSuperResolution.from_pretrained(folder)
-    sr_dir = component_folder(folder, read_model_index(folder), "sr")
+    sr_dir = find_component(folder, "sr")
     if sr_dir is None:
         raise WeightsError(f"{folder} has no super-resolution ('sr') component; train one with `metaportrait train-sr`")
     return TemporalSuperResolution.from_pretrained(sr_dir)

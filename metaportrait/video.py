@@ -18,6 +18,7 @@ FFmpeg follow playlists (HLS/concat) to other files or URLs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import uuid
@@ -645,22 +646,17 @@ class VideoWriter:
     def abort(self) -> None:
         """Discard everything: close the encoders quietly and delete the temporary file."""
         self._closed = True
+        # the file is being discarded: errors while closing it (its trailer) do not matter
         if self._audio is not None:
-            try:
+            with contextlib.suppress(av.FFmpegError):
                 self._audio.close()
-            except av.FFmpegError:
-                pass
             self._audio = None
         if self._container is not None:
-            try:
+            with contextlib.suppress(av.FFmpegError, ValueError, OSError):
                 self._container.close()
-            except (av.FFmpegError, ValueError, OSError):
-                pass  # the file is being discarded; its trailer does not matter
             self._container = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
 
 
 def add_visible_label(frame: np.ndarray, text: str = "AI-generated") -> np.ndarray:

@@ -88,3 +88,14 @@ def write_model_index(folder: Path, **components: str | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     index = {"format": FORMAT, **{k: v for k, v in components.items() if v}}
     (folder / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def find_component(source: str | Path | None, name: str, components: tuple[str, ...] | None = None) -> Path | None:
+    """Local folder of component ``name`` of the pipeline at ``source`` (None when it has none).
+
+    ``source`` is as for :func:`resolve_pipeline_folder`; ``components`` are the sub-folders to
+    fetch from the Hub (default: the one asked for, or ``base`` for the generator).
+    """
+    wanted = components or (("base",) if name == "generator" else (name,))
+    folder = resolve_pipeline_folder(source, components=wanted)
+    return component_folder(folder, read_model_index(folder), name)

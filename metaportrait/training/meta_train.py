@@ -62,11 +62,9 @@ class MetaTrainConfig:
 def load_generator(path: str | Path):
     """A generator from a generator folder or a pipeline folder (its ``generator`` component)."""
     from metaportrait.models.generator import MetaPortraitGenerator
-    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+    from metaportrait.weights import find_component
 
-    folder = resolve_pipeline_folder(path)
-    index = read_model_index(folder)
-    return MetaPortraitGenerator.from_pretrained(component_folder(folder, index, "generator"))
+    return MetaPortraitGenerator.from_pretrained(find_component(path, "generator"))
 
 
 def _split_batches(batch, size: int) -> list:

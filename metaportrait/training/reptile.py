@@ -374,17 +374,15 @@ class Reptile:
                 p.grad = d.to(p.dtype)
         self.outer_optimizer.step()
         self.outer_optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            if cfg.buffers == "average":
+        if cfg.buffers not in ("average", "keep"):
+            raise ValueError(f"buffers must be 'average' or 'keep', got {cfg.buffers!r}")
+        if cfg.buffers == "average":  # "keep" leaves φ's buffers as they are
+            with torch.no_grad():
                 buffers = dict(self.model.named_buffers())
                 for n, s in buf_sums.items():
                     buffers[n].copy_(s.to(buffers[n].dtype))
                 for n, b in last_int_buffers.items():
                     buffers[n].copy_(b)
-            elif cfg.buffers == "keep":
-                pass
-            else:
-                raise ValueError(f"buffers must be 'average' or 'keep', got {cfg.buffers!r}")
         self.step += 1
         return ReptileStepOutput(
             step=self.step,
