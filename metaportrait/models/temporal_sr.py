@@ -312,9 +312,16 @@ class TemporalSuperResolution(HubModel, tags=["super-resolution", "video", "temp
         self.temporal_radius = n_temporal * (kt // 2)
 
         if cfg.output == "bicubic_residual":
-            # out = bicubic(input) + g·StyleGAN(…), g = 0 at initialisation: training starts at the bicubic
-            # baseline and can only add detail to it (what CPU-hour training can afford to learn).
-            self.residual_gain = nn.Parameter(torch.zeros(()))
+            # out = bicubic(input) + g·StyleGAN(…): training starts at the bicubic baseline and only has
+            # to learn the missing detail (what CPU-hour training can afford). The start is made by
+            # zeroing every to-RGB layer (weights and biases), NOT by g = 0: with g = 0 and a random
+            # decoder, dL/dg = <StyleGAN(…), dL/dout> averages to ~0 and the decoder gets no gradient
+            # at all, a saddle that 400 training steps did not leave (g reached 4e-4). Zeroed to-RGB
+            # layers still receive the gradient (features × style) on the first step.
+            self.residual_gain = nn.Parameter(torch.ones(()))
+            for to_rgb in [self.stylegan_decoder.to_rgb1, *self.stylegan_decoder.to_rgbs]:
+                nn.init.zeros_(to_rgb.modulated_conv.weight)
+                nn.init.zeros_(to_rgb.bias)
 
     def freeze_decoder(self, frozen: bool = True) -> None:
         """Freeze (or unfreeze) the StyleGAN2 decoder's parameters (GFPGAN's ``fix_decoder``)."""
