@@ -296,6 +296,35 @@ def region_l1(pred: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor, out
     return (p - t).abs().mean()
 
 
+# -- structural similarity ---------------------------------------------------------------------
+def ssim(pred: torch.Tensor, target: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004) of ``B×C×H×W`` images in [-1, 1], differentiable.
+
+    Matches ``skimage.metrics.structural_similarity(..., channel_axis=2, data_range=255)`` — the
+    metric ``metaportrait evaluate`` reports — on the same images: a uniform ``window×window``
+    window, sample covariances (``N / (N - 1)``), K1 = 0.01, K2 = 0.03, and the mean over the
+    valid (unpadded) window positions of every channel.
+    """
+    _check_images("pred", pred)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must match")
+    x = (pred.float() + 1.0) * 0.5  # data range 1
+    y = (target.float() + 1.0) * 0.5
+    c1, c2 = 0.01**2, 0.03**2
+    n = window * window
+    cov_norm = n / (n - 1)
+
+    def mean(z: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(z, window, stride=1)
+
+    mx, my = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - mx * mx)
+    vy = cov_norm * (mean(y * y) - my * my)
+    vxy = cov_norm * (mean(x * y) - mx * my)
+    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean()
+
+
 # -- adversarial -------------------------------------------------------------------------------
 def _as_list(x: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [x] if isinstance(x, torch.Tensor) else list(x)

@@ -3,7 +3,9 @@
 L = L_w^VGG + λ_r L_r^VGG + λ_id L_id + λ_eye L_eye + λ_mouth L_mouth + λ_adv L_adv (+ feature
 matching) (MetaPortrait §3.1, DESIGN.md §2.4), plus an optional plain L1 on the output
 (``pixel_l1``, not in the paper) that our CPU recipes use because the perceptual network is the
-offline SFace fallback and dominates the step time at full resolution.
+offline SFace fallback and dominates the step time at full resolution, and an optional
+``pixel_ssim`` term ``1 − SSIM`` (L1 + SSIM is the photometric loss of Zhao et al. 2017; SSIM is
+also what the evaluation compares with the mesh warp).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from torch import nn
 
 from metaportrait.models.face_align import align_faces
 from metaportrait.training.datasets import PairSample
-from metaportrait.training.losses import BaseLoss, IdentityLoss, LossWeights, PerceptualLoss
+from metaportrait.training.losses import BaseLoss, IdentityLoss, LossWeights, PerceptualLoss, ssim
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
     weights: dict = field(default_factory=dict)  # overrides of LossWeights fields
     pixel_l1: float = 0.0
+    pixel_ssim: float = 0.0
     perceptual_network: Literal["auto", "vgg19", "sface"] = "auto"
     perceptual_pyramid: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
 
@@ -31,6 +34,8 @@ class ObjectiveConfig:
             object.__setattr__(self, "perceptual_pyramid", tuple(self.perceptual_pyramid))
         if self.pixel_l1 < 0:
             raise ValueError(f"pixel_l1 must be >= 0, got {self.pixel_l1}")
+        if self.pixel_ssim < 0:
+            raise ValueError(f"pixel_ssim must be >= 0, got {self.pixel_ssim}")
         LossWeights(**self.weights)  # validates names and values
 
 
@@ -88,5 +93,9 @@ class GeneratorObjective(nn.Module):
             pixel = (out.image.float() - batch.driving.float()).abs().mean()
             loss = loss + self.config.pixel_l1 * pixel
             logged["pixel_l1"] = float(pixel.detach())
+        if self.config.pixel_ssim > 0:
+            structural = 1.0 - ssim(out.image, batch.driving)
+            loss = loss + self.config.pixel_ssim * structural
+            logged["pixel_ssim"] = float(structural.detach())
         logged["total"] = float(loss.detach())
         return ObjectiveOutput(loss=loss, terms=logged, output=out)

@@ -56,6 +56,7 @@ class BaseTrainConfig:
     ema_decay: float = 0.999
     weights: dict = field(default_factory=dict)  # overrides of LossWeights fields
     pixel_l1: float = 0.0  # extra plain L1 on the output (not in the paper; helps PSNR/SSIM on small data)
+    pixel_ssim: float = 0.0  # extra 1 - SSIM on the output (not in the paper)
     adversarial: bool = True
     disc_preset: str = "demo"
     perceptual_network: str = "auto"
@@ -194,7 +195,7 @@ def train(config: BaseTrainConfig) -> Path:
     encoder = load_identity_encoder(None).to(device).eval().requires_grad_(False)
     disc = MultiScalePatchDiscriminator(discriminator_config(config.disc_preset)) if config.adversarial else None
     objective = GeneratorObjective(encoder, ObjectiveConfig(
-        weights=config.weights, pixel_l1=config.pixel_l1, perceptual_network=config.perceptual_network,
+        weights=config.weights, pixel_l1=config.pixel_l1, pixel_ssim=config.pixel_ssim, perceptual_network=config.perceptual_network,
         perceptual_pyramid=config.perceptual_pyramid)).to(device)
     weights = objective.weights
 
