@@ -2,7 +2,8 @@
 
 Fine-tune the generator on frames of one person, starting from the meta-learned weights (the
 ``meta`` component of a pipeline folder; the base weights when there is none), with the base
-objective and a step or wall-clock budget. The result is either a small low-rank adapter
+objective and a step or wall-clock budget. A few of the person's frames are held back and the
+weights with the lowest error on them are the ones kept (early stopping). The result is either a small low-rank adapter
 (``adapter.safetensors`` + ``adapter_config.json``, loaded on top of the same weights by
 ``MetaPortraitPipeline.from_pretrained(..., adapter=DIR)``) or a full pipeline folder.
 """
@@ -44,8 +45,18 @@ class PersonalizeOptions:
                     "feature_matching": 0.0},
         "pixel_l1": 10.0, "perceptual_network": "sface", "perceptual_pyramid": (0.5, 0.25)})
     seed: int = 0
+    # Early stopping: every `validation_every` steps the output error on held-back frames of the
+    # person (every round(1 / validation_fraction)-th frame, never trained on) is measured, and the
+    # weights with the lowest error are the ones saved: the result is never worse than the start
+    # on the person's own unseen frames. 0 disables (all frames train, the last weights are saved).
+    validation_fraction: float = 0.125
+    validation_every: int = 4
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise ValueError(f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
+        if self.validation_every < 1:
+            raise ValueError(f"validation_every must be >= 1, got {self.validation_every}")
         if self.steps is None and self.seconds is None:
             raise ValueError("give steps or seconds (or both) as the personalization budget")
         if self.steps is not None and self.steps < 1:
@@ -83,6 +94,37 @@ class PersonalizeResult:
     output_bytes: int
     before: np.ndarray | None = None  # preview (uint8 S×(3S)×3: source | target | output) before adaptation
     after: np.ndarray | None = None  # the same preview after adaptation
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (steps taken, held-back L1 in [0, 1])
+    best_step: int | None = None  # the steps taken by the saved weights (None: no validation split)
+
+
+def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) frame indices: every ``round(1 / fraction)``-th frame, from the second on,
+    is held back; no validation when ``fraction`` is 0 or fewer than 4 frames (or one would be left)."""
+    idx = np.arange(n)
+    if fraction <= 0 or n < 4:
+        return idx, idx[:0]
+    every = max(2, round(1 / fraction))
+    val = idx[1::every]
+    if len(val) == 0 or n - len(val) < 2:
+        return idx, idx[:0]
+    return np.setdiff1d(idx, val), val
+
+
+@torch.no_grad()
+def validation_error(generator, objective, train: PersonFrames, val: PersonFrames, batch_size: int = 8) -> float:
+    """Mean L1 (in [0, 1] units) of the outputs on ``val``'s frames, driven from ``train``'s first frame."""
+    from metaportrait.training.datasets import collate_pairs, make_pair
+
+    total, count = 0.0, 0
+    for i in range(0, len(val), batch_size):
+        items = [make_pair(train.frames[0], val.frames[j], train.landmarks[0], val.landmarks[j])
+                 for j in range(i, min(i + batch_size, len(val)))]
+        batch = collate_pairs(items)
+        out = objective(generator, batch, stage="full").output.image.float().clamp(-1, 1)
+        total += float((out - batch.driving).abs().div(2).mean(dim=(1, 2, 3)).sum())
+        count += len(items)
+    return total / count
 
 
 def collect_frames(video: str | Path | None = None, images: Sequence[str | Path | np.ndarray] = (), *,
@@ -177,7 +219,10 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
         raise ValueError(f"frames are {person.frames.shape[1]}² but the generator works at {size}²")
     torch.manual_seed(options.seed)
     objective = GeneratorObjective(load_identity_encoder(None), ObjectiveConfig(**options.objective))
-    pairs = PersonPairs(person, seed=options.seed)
+    train_idx, val_idx = split_validation(len(person), options.validation_fraction)
+    train = PersonFrames(person.frames[train_idx], person.landmarks[train_idx])
+    val = PersonFrames(person.frames[val_idx], person.landmarks[val_idx]) if len(val_idx) else None
+    pairs = PersonPairs(train, seed=options.seed)
     generator.eval()  # no batch statistics to carry: the adapter holds only weights
     if options.adapter == "lora":
         add_lora(generator, rank=options.rank)
@@ -186,14 +231,37 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     def loss_fn(model, step: int) -> torch.Tensor:
         return objective(model, pairs.batch(step, options.batch_size), stage="full").loss
 
+    history: list[tuple[int, float]] = []
+    best: dict = {}
+
+    def remember(done: int) -> None:
+        err = validation_error(generator, objective, train, val)
+        history.append((done, err))
+        if not best or err < best["error"]:
+            best.update(error=err, step=done, params=[p.detach().clone() for p in params])
+
+    def on_step(step: int, loss: float, elapsed: float) -> bool | None:
+        if val is not None and (step + 1) % options.validation_every == 0:
+            remember(step + 1)
+        return progress(step, loss, elapsed) if progress is not None else None
+
     preview_pair = (0, len(person) // 2)
     before = render_preview(generator, objective, person, *preview_pair)
     t0 = time.perf_counter()
+    if val is not None:
+        remember(0)
     result = adapt(generator, loss_fn, steps=options.steps, seconds=options.seconds, lr=options.lr, params=params,
-                   callback=progress)
+                   callback=on_step)
+    if val is not None:
+        if history[-1][0] != result.steps:
+            remember(result.steps)
+        with torch.no_grad():
+            for p, kept in zip(params, best["params"]):
+                p.copy_(kept)
     after = render_preview(generator, objective, person, *preview_pair)
     out = Path(output_dir)
     meta = {"component": component, "frames": len(person), "steps": result.steps, "seconds": result.seconds,
+            "best_step": best.get("step"), "validation": history,
             "options": {k: v for k, v in asdict(options).items() if k != "objective"}}
     if options.adapter == "lora":
         save_adapter(generator, out, base_id=component, metadata=meta)
@@ -204,7 +272,8 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     size_bytes = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
     return PersonalizeResult(output_dir=out, adapter=options.adapter, component=component, steps=result.steps,
                              seconds=time.perf_counter() - t0, losses=list(result.losses), times=list(result.times),
-                             num_frames=len(person), output_bytes=size_bytes, before=before, after=after)
+                             num_frames=len(person), output_bytes=size_bytes, before=before, after=after,
+                             validation=history, best_step=best.get("step"))
 
 
 @torch.no_grad()
@@ -266,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar.close()
     print(f"wrote {res.output_dir} ({res.adapter}, {res.output_bytes / 1e6:.2f} MB) after {res.steps} steps in "
           f"{res.seconds:.1f}s on {res.num_frames} frames; loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
+    if res.validation:
+        start, kept = res.validation[0][1], min(e for _, e in res.validation)
+        print(f"held-back frames: L1 {start:.4f} at the start, {kept:.4f} with the saved weights (step {res.best_step})")
     return 0
 
 

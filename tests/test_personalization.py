@@ -11,7 +11,13 @@ import torch
 
 from metaportrait.errors import NoFaceError, WeightsError
 from metaportrait.models.generator import GeneratorConfig, MetaPortraitGenerator
-from metaportrait.personalize import PersonalizeOptions, collect_frames, load_start_generator, personalize
+from metaportrait.personalize import (
+    PersonalizeOptions,
+    collect_frames,
+    load_start_generator,
+    personalize,
+    split_validation,
+)
 from metaportrait.pipeline import MetaPortraitPipeline
 from metaportrait.training.meta_train import MetaTrainConfig, meta_train
 from metaportrait.weights import write_model_index
@@ -51,7 +57,8 @@ def test_personalize_lora_adapter_small_loads_and_changes_output(base_folder, tm
     gen, component, _ = load_start_generator(base_folder)
     person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=gen.config.image_size, max_frames=8)
     assert person.frames.shape == (8, 256, 256, 3)
-    opts = PersonalizeOptions(steps=3, seconds=None, adapter="lora", rank=4, batch_size=2, objective=FAST, lr=1e-2)
+    opts = PersonalizeOptions(steps=3, seconds=None, adapter="lora", rank=4, batch_size=2, objective=FAST, lr=1e-2,
+                              validation_fraction=0.0)  # keep the last weights: this test is about the adapter
     res = personalize(person, tmp_path / "adapter", options=opts, generator=gen, component=component)
     assert res.steps == 3 and len(res.losses) == 3 and all(np.isfinite(res.losses))
     full_bytes = (base_folder / "base" / "model.safetensors").stat().st_size
@@ -64,6 +71,33 @@ def test_personalize_lora_adapter_small_loads_and_changes_output(base_folder, tm
     a = plain.generate(src, target).astype(np.int16)
     b = tuned.generate(plain.source_from_crop(src.face, src.landmarks), target).astype(np.int16)
     assert np.abs(a - b).mean() > 0.01, "the adapter must change the output"
+
+
+def test_split_validation_known_answers():
+    train, val = split_validation(16, 0.125)
+    assert val.tolist() == [1, 9] and len(train) == 14 and not set(train) & set(val)
+    assert split_validation(3, 0.125)[1].size == 0  # too few frames: all train
+    assert split_validation(16, 0.0)[1].size == 0
+    with pytest.raises(ValueError, match="validation_fraction"):
+        PersonalizeOptions(validation_fraction=0.6)
+
+
+def test_early_stopping_keeps_the_best_weights(base_folder, tmp_path):
+    """A learning rate that wrecks the model: the held-back frames' error rises after step 0, so the
+    saved weights are the starting ones (personalization never leaves the person worse off)."""
+    gen, component, _ = load_start_generator(base_folder)
+    start = {k: v.clone() for k, v in gen.state_dict().items()}
+    person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=256, max_frames=8)
+    opts = PersonalizeOptions(steps=3, seconds=None, adapter="full", batch_size=2, objective=FAST, lr=0.5,
+                              validation_fraction=0.25, validation_every=1)
+    res = personalize(person, tmp_path / "full", options=opts, generator=gen, component=component)
+    assert [s for s, _ in res.validation] == [0, 1, 2, 3]
+    errors = [e for _, e in res.validation]
+    assert res.best_step == int(np.argmin(errors)) == 0, errors
+    saved = MetaPortraitGenerator.from_pretrained(res.output_dir / "base").state_dict()
+    assert all(torch.equal(saved[k], start[k]) for k in start)
+    meta = json.loads((res.output_dir / "personalization.json").read_text())
+    assert meta["best_step"] == 0 and len(meta["validation"]) == 4
 
 
 def test_adapter_on_wrong_base_is_refused(base_folder, tmp_path, tiny256_config):
