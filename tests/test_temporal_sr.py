@@ -305,6 +305,17 @@ def test_train_sr_smoke_checkpoint_resume_and_final_model(tmp_path, driving_fram
     assert len(ds) == 12 - 7 + 1  # train clip only, frames before heldout_frames_from
     item = ds[(0, 0, 0)]
     assert item["lr"].shape == (7, 3, 32, 32) and item["hr"].shape == (7, 3, 64, 64)
+    # min_source_side: only clips cut from at least that many source pixels train (no upscaled targets)
+    manifest_path = data / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    with pytest.raises(ValueError, match="source crop of at least 512"):
+        SRClipDataset(data, 7, 32, 64, config.degradation, min_source_side=512)  # no crop boxes recorded
+    for clip, side in zip(manifest["clips"], (600, 300)):
+        clip["crop_box"] = [10, 20, 10 + side, 20 + side]
+    manifest_path.write_text(json.dumps(manifest))
+    assert len(SRClipDataset(data, 7, 32, 64, config.degradation, min_source_side=512)) == len(ds)
+    with pytest.raises(ValueError, match="source crop of at least 700"):
+        SRClipDataset(data, 7, 32, 64, config.degradation, min_source_side=700)
 
     first = train_sr(config)
     assert len(first.losses) == 3 and all(np.isfinite(first.losses))

@@ -67,6 +67,9 @@ class SRTrainConfig(ModelConfig):
     model: TemporalSRConfig = field(default_factory=TemporalSRConfig)
     init_from: str | None = None
     hr_frames_file: str = "frames_512.npy"
+    # Train only on clips whose crop box covers at least this many source pixels: a 512² target cut
+    # from a 228-pixel face is an upscaled image that teaches the network to produce blur. 0 = all clips.
+    min_source_side: int = 0
     clip_length: int = 7
     batch_size: int = 8
     num_steps: int = 20000
@@ -98,6 +101,8 @@ class SRTrainConfig(ModelConfig):
         for name in ("clip_length", "batch_size", "num_steps", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_source_side < 0:
+            raise ValueError(f"min_source_side must be >= 0, got {self.min_source_side}")
         if self.num_workers < 0 or self.lr_warmup_steps < 0:
             raise ValueError(f"num_workers and lr_warmup_steps must be >= 0, got {self.num_workers}, {self.lr_warmup_steps}")
         if not self.learning_rate > 0:
@@ -140,6 +145,7 @@ class SRClipDataset(Dataset):
         hr_frames_file: str = "frames_512.npy",
         hflip: bool = True,
         seed: int = 0,
+        min_source_side: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         manifest_path = self.data_dir / "manifest.json"
@@ -158,6 +164,9 @@ class SRClipDataset(Dataset):
             cdir = self.data_dir / "clips" / clip["id"]
             if not (cdir / hr_frames_file).is_file():
                 continue
+            box = clip.get("crop_box")
+            if min_source_side and (box is None or min(box[2] - box[0], box[3] - box[1]) < min_source_side):
+                continue  # the HR target would be an upscaled image
             end = min(int(clip.get("heldout_frames_from", clip["num_frames"])), int(clip["num_frames"]))
             valid_path = cdir / "valid.npy"
             valid = np.load(valid_path)[:end] if valid_path.is_file() else np.ones(end, bool)
@@ -167,7 +176,8 @@ class SRClipDataset(Dataset):
             self.starts.extend((ci, int(s)) for s in np.flatnonzero(ok))
         if not self.starts:
             raise ValueError(
-                f"no training clips of {clip_length} consecutive valid frames with {hr_frames_file} in {self.data_dir}"
+                f"no training clips of {clip_length} consecutive valid frames with {hr_frames_file} "
+                f"(and a source crop of at least {min_source_side} px) in {self.data_dir}"
             )
         self._frames: dict[int, np.ndarray] = {}
 
@@ -293,7 +303,9 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
     dataset = SRClipDataset(
         config.data_dir, config.clip_length, config.model.in_size, config.model.out_size, config.degradation,
         hr_frames_file=config.hr_frames_file, hflip=config.hflip, seed=config.seed,
+        min_source_side=config.min_source_side,
     )
+    accelerator.print(f"{len(dataset.clip_dirs)} training clips, {len(dataset)} windows")
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer,
