@@ -164,6 +164,14 @@ def test_pair_dataset_items(prepared):
     assert batch.clip_id == ["franck/talk/franck"] * 4 and batch.batch_size == 4
 
 
+def test_min_source_side_keeps_only_native_resolution_clips(prepared):
+    out, m, _ = prepared
+    side = Manifest.load(out).clips[0].source_side
+    assert side is not None and side > 100  # franck's face box in the source frame
+    assert len(PairDataset(out, "train", min_source_side=side)) == 15
+    assert len(PairDataset(out, "train", min_source_side=side + 1)) == 0
+
+
 def test_pairs_come_from_one_clip_and_splits_are_disjoint(prepared):
     out, m, _ = prepared
     frames = {c.id: np.load(out / "clips" / c.id / "frames_256.npy") for c in m.clips}

@@ -391,13 +391,17 @@ class _PreparedData:
             return (c.heldout_frames_from, c.num_frames)
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
-    def entries(self, split: str, min_frames: int = 2) -> list[_ClipEntry]:
+    def entries(self, split: str, min_frames: int = 2, min_source_side: float = 0) -> list[_ClipEntry]:
+        """Clips of ``split`` with at least ``min_frames`` valid frames and, when ``min_source_side`` is
+        set, a crop box of at least that many source pixels (clips without a recorded box are left out)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         out = []
         for i, c in enumerate(self.manifest.clips):
             r = self.split_range(i, split)
             if r is None:
+                continue
+            if min_source_side and (c.source_side is None or c.source_side < min_source_side):
                 continue
             lo, hi = r
             idx = np.flatnonzero(self.valid(i)[lo:hi]) + lo
@@ -443,6 +447,7 @@ class PairDataset(_Seeded, Dataset):
         augment: bool = True,
         prior_grid_size: int | None = None,
         seed: int = 0,
+        min_source_side: float = 0,
     ) -> None:
         self.data = _PreparedData(data_dir, size)
         self.split = split
@@ -451,7 +456,7 @@ class PairDataset(_Seeded, Dataset):
         self.prior_grid_size = prior_grid_size
         self.seed = int(seed)
         self.jitter = ColorJitter() if augment else None
-        self.clips = self.data.entries(split)
+        self.clips = self.data.entries(split, min_source_side=min_source_side)
         counts = np.array([len(c.frames) for c in self.clips], np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         if len(self) == 0:

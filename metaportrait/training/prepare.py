@@ -79,6 +79,15 @@ class ClipRecord:
     num_valid: int = 0
     crop_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in the source frame
 
+    @property
+    def source_side(self) -> float | None:
+        """Side of the crop box in source pixels (None when not recorded): below the crop size, the
+        prepared frames are upscaled and blurrier than what a camera gives at that size."""
+        if self.crop_box is None:
+            return None
+        x0, y0, x1, y1 = self.crop_box
+        return float(min(x1 - x0, y1 - y0))
+
 
 @dataclass
 class SkippedRecord:

@@ -61,6 +61,9 @@ class BaseTrainConfig:
     disc_preset: str = "demo"
     perceptual_network: str = "auto"
     perceptual_pyramid: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    # only clips cut from >= this many source pixels (0: all); below the crop size the frames are
+    # upscaled, and a refinement trained on them learns to smooth what sharp faces must keep
+    min_source_side: float = 0
     synthetic_stills: tuple[str, ...] = ()
     synthetic_fraction: float = 0.0
     checkpoint_every: int = 1000
@@ -199,7 +202,12 @@ def train(config: BaseTrainConfig) -> Path:
         perceptual_pyramid=config.perceptual_pyramid)).to(device)
     weights = objective.weights
 
-    train_sets = [(PairDataset(config.data_dir, split="train", size=size, augment=True), 1.0 - config.synthetic_fraction)]
+    pairs = PairDataset(config.data_dir, split="train", size=size, augment=True, min_source_side=config.min_source_side)
+    if len(pairs) == 0:
+        raise ValueError(f"no training frames in {config.data_dir}"
+                         + (f" from crops of >= {config.min_source_side:g} source px" if config.min_source_side else ""))
+    accelerator.print(f"training on {len(pairs.clips)} clips of {len(pairs.identities)} people ({len(pairs)} frames)")
+    train_sets = [(pairs, 1.0 - config.synthetic_fraction)]
     if config.synthetic_stills and config.synthetic_fraction > 0:
         train_sets.append((SyntheticMotionDataset(list(config.synthetic_stills), size=size), config.synthetic_fraction))
     source = BatchSource(train_sets, collate_pairs, config.batch_size, config.seed, accelerator.process_index)
