@@ -513,10 +513,11 @@ class IdentityFramesDataset(_Seeded, Dataset):
         augment: bool = True,
         prior_grid_size: int | None = None,
         seed: int = 0,
+        min_source_side: float = 0,
     ) -> None:
         if frames_per_identity < 1:
             raise ValueError(f"frames_per_identity must be >= 1, got {frames_per_identity!r}")
-        self.pairs = PairDataset(data_dir, split, size, augment, prior_grid_size, seed)
+        self.pairs = PairDataset(data_dir, split, size, augment, prior_grid_size, seed, min_source_side=min_source_side)
         self.frames_per_identity = int(frames_per_identity)
         self.seed = int(seed)
         by_id: dict[str, list[_ClipEntry]] = {}

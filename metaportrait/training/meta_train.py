@@ -38,6 +38,7 @@ class MetaTrainConfig:
     frames_per_identity: int = 48
     inner_batch_size: int = 8  # the 48 frames are split into inner batches of this size
     objective: dict = field(default_factory=dict)  # ObjectiveConfig fields (no adversarial term)
+    min_source_side: float = 0  # only people filmed at >= this many source pixels (see BaseTrainConfig)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -95,7 +96,8 @@ def meta_train(config: MetaTrainConfig) -> Path:
     encoder = load_identity_encoder(None)
     objective = GeneratorObjective(encoder, ObjectiveConfig(**config.objective))
     data = IdentityFramesDataset(config.data_dir, frames_per_identity=config.frames_per_identity, split="train",
-                                 size=generator.config.image_size, seed=config.seed)
+                                 size=generator.config.image_size, seed=config.seed,
+                                 min_source_side=config.min_source_side)
     if len(data) < 1:
         raise ValueError(f"no training identities in {config.data_dir}")
     reptile = Reptile(generator, ReptileConfig(inner_steps=config.inner_steps, inner_lr=config.inner_lr,
