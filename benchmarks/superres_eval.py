@@ -1,7 +1,9 @@
 """Temporal super-resolution evaluation (issue "Temporal-consistent super-resolution", part 6).
 
 On held-out clips of a prepared data folder (``frames_512.npy``; held-out identities by default),
-the 512² ground truth is downsampled to 256² (area filter), then upscaled back by: bicubic, the
+the 512² ground truth is downsampled to 256² — ``--input clean``: an area filter; ``--input
+degraded``: the training degradation of a config (blur, resize, noise, JPEG; one draw per clip,
+seeded by the clip's position, as GFPGAN-style synthetic test sets are made) — then upscaled back by: bicubic, the
 SR network over sliding windows (temporal), and the same network frame by frame (window 1,
 t = 1). Reported: PSNR and SSIM against the ground truth, E_warp (DESIGN.md §2.6; lower = more
 temporally stable, the ground truth's own value is the floor), and frames per second.
@@ -32,6 +34,10 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=3)
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--input", choices=["clean", "degraded"], default="clean",
+                    help="how the 256² input is made from the 512² ground truth")
+    ap.add_argument("--degradation-config", type=Path, default=REPO / "configs" / "sr_demo.json",
+                    help="SR training config whose 'degradation' is used with --input degraded")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "superres_eval")
     args = ap.parse_args()
     import torch
@@ -41,6 +47,11 @@ def main() -> None:
     from metaportrait.superres import bicubic_upscale, load_sr_model, upscale_frames
 
     model = load_sr_model(args.weights).eval()
+    degradation = None
+    if args.input == "degraded":
+        from metaportrait.training.degradations import DegradationConfig, degrade_clip
+
+        degradation = DegradationConfig.from_dict(json.loads(args.degradation_config.read_text())["degradation"])
     manifest = json.loads((args.data / "manifest.json").read_text())
     if args.split == "heldout_identity":
         clips = [(c, 0) for c in manifest["clips"] if c["split"] == "heldout_identity"]
@@ -48,10 +59,13 @@ def main() -> None:
         clips = [(c, int(c["heldout_frames_from"])) for c in manifest["clips"] if c["split"] == "train"]
     rows: dict[str, dict[str, list[float]]] = {}
     gt_ewarp = []
-    for clip, start in clips[: args.clips]:
+    for position, (clip, start) in enumerate(clips[: args.clips]):
         hr = np.load(args.data / "clips" / clip["id"] / "frames_512.npy", mmap_mode="r")[start: start + args.frames]
         hr = np.ascontiguousarray(hr)
-        lr = np.stack([cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA) for f in hr])
+        if degradation is None:
+            lr = np.stack([cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA) for f in hr])
+        else:
+            lr = degrade_clip(hr, degradation, 256, np.random.default_rng([2026, position]))
         gt_ewarp.append(e_warp(list(hr)))
         for name, fn in [
             ("bicubic", lambda x: bicubic_upscale(x, 512)),
@@ -67,11 +81,12 @@ def main() -> None:
             r["e_warp"].append(e_warp(list(out)))
             r["fps"].append(len(out) / secs)
         print(f"evaluated {clip['id']} ({len(hr)} frames)")
-    print(f"\n{args.split}, {args.clips} clips × {args.frames} frames, 256² -> 512², {args.threads} threads\n")
+    print(f"\n{args.split}, {args.clips} clips × {args.frames} frames, {args.input} 256² input -> 512², "
+          f"{args.threads} threads\n")
     print("| method | PSNR ↑ | SSIM ↑ | E_warp ↓ | FPS |")
     print("|---|---|---|---|---|")
     print(f"| ground truth | – | – | {np.mean(gt_ewarp):.4f} | – |")
-    summary = {"ground_truth_e_warp": float(np.mean(gt_ewarp))}
+    summary = {"input": args.input, "ground_truth_e_warp": float(np.mean(gt_ewarp))}
     for name, r in rows.items():
         m = {k: float(np.mean(v)) for k, v in r.items()}
         summary[name] = m
