@@ -39,11 +39,11 @@ class PersonalizeOptions:
     lr: float = 2e-4  # α of the paper's inner loop
     batch_size: int = 4
     max_frames: int = 64
-    # the objective the embedded weights were trained with (configs/base_demo_l1.json)
+    # the objective the embedded weights were trained with (configs/base_demo_sharp.json)
     objective: dict = field(default_factory=lambda: {
         "weights": {"warp_vgg": 0.0, "refine_vgg": 0.0, "identity": 0.0, "eye": 10.0, "mouth": 10.0, "adv": 0.0,
                     "feature_matching": 0.0},
-        "pixel_l1": 10.0, "perceptual_network": "sface", "perceptual_pyramid": (0.5, 0.25)})
+        "pixel_l1": 10.0, "pixel_ssim": 10.0, "perceptual_network": "sface", "perceptual_pyramid": (0.5, 0.25)})
     seed: int = 0
     # Early stopping: every `validation_every` steps the output error on held-back frames of the
     # person (every round(1 / validation_fraction)-th frame, never trained on) is measured, and the

@@ -72,7 +72,7 @@ def test_invalid_config_values():
         BaseTrainConfig(data_dir="x", output_dir="y", warp_steps=0, full_steps=0)
 
 
-@pytest.mark.parametrize("name", ["base_paper", "base_demo", "base_demo_l1", "base_demo_continue"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("base_*.json")))
 def test_shipped_base_configs_parse(name):
     cfg = BaseTrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / f"{name}.json")
     assert cfg.total_steps > 0
