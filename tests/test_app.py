@@ -41,7 +41,10 @@ def app_weights(tmp_path_factory) -> Path:
     cfg = generator_config("tiny")
     cfg = cfg.replace(warping=cfg.warping.replace(image_size=128), refinement=cfg.refinement.replace(image_size=128))
     MetaPortraitGenerator(cfg).save_pretrained(folder / "base")
-    write_model_index(folder, generator="base")
+    from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+
+    TemporalSuperResolution(TemporalSRConfig.from_preset("tiny", in_size=128, out_size=256)).save_pretrained(folder / "sr")
+    write_model_index(folder, generator="base", sr="sr")
     return folder
 
 
@@ -102,6 +105,33 @@ def test_gradio_client_endpoint(server, tmp_path):
     with av.open(str(path)) as c:
         n = sum(1 for _ in c.decode(video=0))
     assert n == 100
+
+
+def test_gradio_client_reenact_then_upscale(server, tmp_path):
+    """The 512² tab's endpoint on a real reenactment: the upscaled video has the SR model's size and the
+    same frames; the comparison video puts bicubic and SR side by side."""
+    import av
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    result = client.predict(
+        handle_file(str(REPO / "examples" / "astronaut.jpg")),
+        handle_file(str(REPO / "examples" / "driving_webcam.mp4")),
+        "relative", False, api_name="/reenact",
+    )
+    crop = result["video"] if isinstance(result, dict) else result
+    up, cmp = client.predict(handle_file(str(crop)), api_name="/upscale")
+
+    def info(path):
+        p = path["video"] if isinstance(path, dict) else path
+        with av.open(str(p)) as c:
+            frames = [f for f in c.decode(video=0)]
+        return len(frames), frames[0].width, frames[0].height
+
+    assert info(crop)[1:] == (128, 128)
+    assert info(up) == (100, 256, 256)
+    n, w, h = info(cmp)
+    assert n == 100 and w == 2 * h
 
 
 def test_gradio_client_friendly_error(server, tmp_path):
