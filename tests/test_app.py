@@ -1,7 +1,7 @@
 """The web demo: a real server, a real browser (Debian chromium through Playwright) and gradio_client.
 
 The app runs in a subprocess on a free port with the weights named by METAPORTRAIT_WEIGHTS (a tiny
-generator made here, to keep the suite fast; the embedded weights are loaded in test_weights.py),
+generator made here, to keep the suite fast; the embedded weights are exercised in test_weights.py),
 fully offline.
 """
 

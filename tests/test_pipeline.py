@@ -1,7 +1,7 @@
 """End-to-end reenactment: the real pipeline on the astronaut and real driving clips.
 
 A tiny generator (use_prior + residual output: at initialisation it reproduces the classical
-mesh warp exactly) keeps the suite fast; the embedded weights are exercised in test_app.py.
+mesh warp exactly) keeps the suite fast; the embedded weights are exercised in test_weights.py.
 """
 
 from __future__ import annotations
