@@ -7,6 +7,8 @@ first half is the personalization set, its second half the held-out evaluation f
   with the same objective, optimiser, batch and time budget; every ``--eval-every`` steps
   measure the held-out error (L1 of the output against the real frame, source = the first
   personalization frame, driving = held-out frames' landmarks; also PSNR);
+* as `metaportrait personalize` does, hold back every 8th personalization frame as a validation
+  split and report the test error of the weights it would save (lowest validation error) at 30 s;
 * print steps and seconds each start needs to reach a target error (the error the base start
   reaches at the end of its budget, unless ``--target`` is given), the speedup ratio (paper:
   3×), and the error after 30 s (paper: LPIPS 0.1485 -> 0.0827);
@@ -73,11 +75,25 @@ def heldout_error(generator, objective, train, test) -> tuple[float, float]:
 
 
 def run_curve(name, generator, objective, train, test, seconds: float, eval_every: int, lr: float, batch: int):
-    from metaportrait.personalize import PersonPairs
+    """Fine-tune as `metaportrait personalize` does: every 8th personalization frame is held back as
+    its validation split (never trained on). Each curve point is (steps, training seconds, test L1,
+    test PSNR, validation L1); the test frames are the clip's later half."""
+    from metaportrait.personalize import PersonFrames, PersonPairs, PersonalizeOptions, split_validation, validation_error
     from metaportrait.training.reptile import adapt
 
-    pairs = PersonPairs(train, seed=0)
-    curve = [(0, 0.0, *heldout_error(generator, objective, train, test))]
+    fit_idx, val_idx = split_validation(len(train), PersonalizeOptions().validation_fraction)
+    fit = PersonFrames(train.frames[fit_idx], train.landmarks[fit_idx])
+    val = PersonFrames(train.frames[val_idx], train.landmarks[val_idx])
+    pairs = PersonPairs(fit, seed=0)
+
+    def point(done: int, secs: float) -> tuple:
+        l1, psnr = heldout_error(generator, objective, fit, test)
+        generator.eval()
+        v = validation_error(generator, objective, fit, val)
+        generator.train()
+        return (done, secs, l1, psnr, v)
+
+    curve = [point(0, 0.0)]
     clock = {"eval": 0.0}
 
     def loss_fn(model, step):
@@ -88,10 +104,11 @@ def run_curve(name, generator, objective, train, test, seconds: float, eval_ever
         if done % eval_every == 0:
             train_seconds = elapsed - clock["eval"]  # evaluation time is not training time
             t0 = time.perf_counter()
-            l1, psnr = heldout_error(generator, objective, train, test)
+            curve.append(point(done, train_seconds))
             clock["eval"] += time.perf_counter() - t0
-            curve.append((done, train_seconds, l1, psnr))
-            print(f"  {name}: step {done:4d}  {train_seconds:6.1f}s  held-out L1 {l1:.4f}  PSNR {psnr:.2f}")
+            _, _, l1, psnr, v = curve[-1]
+            print(f"  {name}: step {done:4d}  {train_seconds:6.1f}s  held-out L1 {l1:.4f}  PSNR {psnr:.2f}  "
+                  f"validation L1 {v:.4f}")
         return None
 
     generator.train()
@@ -101,8 +118,13 @@ def run_curve(name, generator, objective, train, test, seconds: float, eval_ever
     return curve
 
 
+def early_stopped(curve, seconds: float) -> tuple:
+    """The curve point `personalize` would save with a `seconds` budget: lowest validation L1 so far."""
+    return min((c for c in curve if c[1] <= seconds), key=lambda c: c[4])
+
+
 def first_reach(curve, target: float):
-    for step, sec, l1, _ in curve:
+    for step, sec, l1, *_ in curve:
         if l1 <= target:
             return step, sec
     return None, None
@@ -146,15 +168,19 @@ def main() -> None:
     base_curve = curves["base (pretrained)"]
     target = args.target if args.target is not None else min(c[2] for c in base_curve)
     print(f"\ntarget held-out L1: {target:.4f} ({'given' if args.target else 'best the base start reached'})\n")
-    print("| start | L1 at 0 s | L1 at 30 s | PSNR at 30 s | best L1 | steps to target | seconds to target |")
-    print("|---|---|---|---|---|---|---|")
+    print("| start | L1 at 0 s | L1 at 30 s | PSNR at 30 s | saved at 30 s (early stopping): L1 / step | best L1 "
+          "| steps to target | seconds to target |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = {}
     for name, curve in curves.items():
         at30 = [c for c in curve if c[1] <= 30.0][-1]
         steps, secs = first_reach(curve, target)
+        kept = early_stopped(curve, 30.0)
         rows[name] = {"l1_0": curve[0][2], "l1_30": at30[2], "psnr_30": at30[3], "best": min(c[2] for c in curve),
+                      "l1_30_early_stopping": kept[2], "early_stopping_step": kept[0],
                       "steps_to_target": steps, "seconds_to_target": secs, "curve": curve}
-        print(f"| {name} | {curve[0][2]:.4f} | {at30[2]:.4f} | {at30[3]:.2f} | {rows[name]['best']:.4f} | "
+        print(f"| {name} | {curve[0][2]:.4f} | {at30[2]:.4f} | {at30[3]:.2f} | {kept[2]:.4f} / {kept[0]} "
+              f"| {rows[name]['best']:.4f} | "
               f"{steps if steps is not None else 'not reached'} | {f'{secs:.1f}' if secs is not None else '–'} |")
     if "meta-learned" in rows:
         b, m = rows["base (pretrained)"]["seconds_to_target"], rows["meta-learned"]["seconds_to_target"]
