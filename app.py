@@ -241,8 +241,9 @@ def build_demo() -> gr.Blocks:
                       api_name="reenact", concurrency_limit=CONCURRENCY)
         with gr.Tab("Fast personalization"):
             gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "
-                        "for the chosen time, starting from the meta-learned weights; the result can be used at once "
-                        "in the reenactment tab and downloaded as safetensors.")
+                        "for the chosen time, starting from the meta-learned weights; every 8th frame is held back "
+                        "and the weights that reproduce those frames best are the ones kept. The result can be used "
+                        "at once in the reenactment tab and downloaded as safetensors.")
             with gr.Row():
                 with gr.Column():
                     p_video = gr.Video(label="Video of the person", sources=["upload"])
