@@ -83,10 +83,15 @@ class ClipRecord:
     def source_side(self) -> float | None:
         """Side of the crop box in source pixels (None when not recorded): below the crop size, the
         prepared frames are upscaled and blurrier than what a camera gives at that size."""
-        if self.crop_box is None:
-            return None
-        x0, y0, x1, y1 = self.crop_box
-        return float(min(x1 - x0, y1 - y0))
+        return crop_source_side(self.crop_box)
+
+
+def crop_source_side(crop_box: Sequence[float] | None) -> float | None:
+    """The shorter side of a manifest ``crop_box`` (x0, y0, x1, y1) in source pixels; None if absent."""
+    if crop_box is None:
+        return None
+    x0, y0, x1, y1 = crop_box
+    return float(min(x1 - x0, y1 - y0))
 
 
 @dataclass

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from metaportrait.models.hub import ModelConfig
 from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
 from metaportrait.training.degradations import DegradationConfig, degrade_clip
+from metaportrait.training.prepare import crop_source_side
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +165,8 @@ class SRClipDataset(Dataset):
             cdir = self.data_dir / "clips" / clip["id"]
             if not (cdir / hr_frames_file).is_file():
                 continue
-            box = clip.get("crop_box")
-            if min_source_side and (box is None or min(box[2] - box[0], box[3] - box[1]) < min_source_side):
+            side = crop_source_side(clip.get("crop_box"))
+            if min_source_side and (side is None or side < min_source_side):
                 continue  # the HR target would be an upscaled image
             end = min(int(clip.get("heldout_frames_from", clip["num_frames"])), int(clip["num_frames"]))
             valid_path = cdir / "valid.npy"
