@@ -90,37 +90,34 @@ def test_app_builds_offline_at_import():
     assert "reenact" in out.stdout
 
 
-def test_gradio_client_endpoint(server, tmp_path):
+@pytest.fixture(scope="module")
+def reenacted(server) -> str:
+    """The astronaut driven by the webcam clip through the /reenact endpoint (a 128² crop video)."""
     from gradio_client import Client, handle_file
 
-    client = Client(server, verbose=False)
-    result = client.predict(
+    result = Client(server, verbose=False).predict(
         handle_file(str(REPO / "examples" / "astronaut.jpg")),
         handle_file(str(REPO / "examples" / "driving_webcam.mp4")),
         "relative", False, api_name="/reenact",
     )
-    path = result["video"] if isinstance(result, dict) else result
+    return str(result["video"] if isinstance(result, dict) else result)
+
+
+def test_gradio_client_endpoint(reenacted):
     import av
 
-    with av.open(str(path)) as c:
+    with av.open(reenacted) as c:
         n = sum(1 for _ in c.decode(video=0))
     assert n == 100
 
 
-def test_gradio_client_reenact_then_upscale(server, tmp_path):
+def test_gradio_client_reenact_then_upscale(server, reenacted):
     """The 512² tab's endpoint on a real reenactment: the upscaled video has the SR model's size and the
     same frames; the comparison video puts bicubic and SR side by side."""
     import av
     from gradio_client import Client, handle_file
 
-    client = Client(server, verbose=False)
-    result = client.predict(
-        handle_file(str(REPO / "examples" / "astronaut.jpg")),
-        handle_file(str(REPO / "examples" / "driving_webcam.mp4")),
-        "relative", False, api_name="/reenact",
-    )
-    crop = result["video"] if isinstance(result, dict) else result
-    up, cmp = client.predict(handle_file(str(crop)), api_name="/upscale")
+    up, cmp = Client(server, verbose=False).predict(handle_file(reenacted), api_name="/upscale")
 
     def info(path):
         p = path["video"] if isinstance(path, dict) else path
@@ -128,7 +125,7 @@ def test_gradio_client_reenact_then_upscale(server, tmp_path):
             frames = [f for f in c.decode(video=0)]
         return len(frames), frames[0].width, frames[0].height
 
-    assert info(crop)[1:] == (128, 128)
+    assert info(reenacted)[1:] == (128, 128)
     assert info(up) == (100, 256, 256)
     n, w, h = info(cmp)
     assert n == 100 and w == 2 * h
