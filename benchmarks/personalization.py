@@ -54,31 +54,11 @@ def heldout_person(data_dir: Path, clip_index: int = 0):
     return clip["id"], train, test
 
 
-@torch.no_grad()
-def heldout_error(generator, objective, train, test) -> tuple[float, float]:
-    """Mean L1 (in [0, 1] units) and PSNR of outputs on held-out frames (source = train frame 0)."""
-    from metaportrait.training.datasets import collate_pairs, make_pair
-
-    generator.eval()
-    l1s, psnrs = [], []
-    for i in range(0, len(test), 8):
-        items = [make_pair(train.frames[0], test.frames[j], train.landmarks[0], test.landmarks[j])
-                 for j in range(i, min(i + 8, len(test)))]
-        batch = collate_pairs(items)
-        out = objective(generator, batch, stage="full").output.image.float().clamp(-1, 1)
-        diff = (out - batch.driving).abs().div(2)
-        l1s.append(diff.mean(dim=(1, 2, 3)))
-        mse = ((out - batch.driving) / 2).pow(2).mean(dim=(1, 2, 3))
-        psnrs.append(10 * torch.log10(1.0 / mse.clamp_min(1e-10)))
-    generator.train()
-    return float(torch.cat(l1s).mean()), float(torch.cat(psnrs).mean())
-
-
 def run_curve(name, generator, objective, train, test, seconds: float, eval_every: int, lr: float, batch: int):
     """Fine-tune as `metaportrait personalize` does: every 8th personalization frame is held back as
     its validation split (never trained on). Each curve point is (steps, training seconds, test L1,
     test PSNR, validation L1); the test frames are the clip's later half."""
-    from metaportrait.personalize import PersonFrames, PersonPairs, PersonalizeOptions, split_validation, validation_error
+    from metaportrait.personalize import PersonFrames, PersonPairs, PersonalizeOptions, heldout_errors, split_validation
     from metaportrait.training.reptile import adapt
 
     fit_idx, val_idx = split_validation(len(train), PersonalizeOptions().validation_fraction)
@@ -87,9 +67,9 @@ def run_curve(name, generator, objective, train, test, seconds: float, eval_ever
     pairs = PersonPairs(fit, seed=0)
 
     def point(done: int, secs: float) -> tuple:
-        l1, psnr = heldout_error(generator, objective, fit, test)
         generator.eval()
-        v = validation_error(generator, objective, fit, val)
+        l1, psnr = heldout_errors(generator, objective, fit, test)
+        v = heldout_errors(generator, objective, fit, val)[0]
         generator.train()
         return (done, secs, l1, psnr, v)
 
@@ -214,15 +194,11 @@ def main() -> None:
 def fewshot_rows(folder: Path, train, test) -> list[dict]:
     """Few-shot family (Zakharov et al.): FT and FF at T = 1, 8, 32: time and held-out L1."""
     from metaportrait.face import draw_landmark_image
-    from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
+    from metaportrait.fewshot_pipeline import fewshot_loss_weights, load_fewshot_folder
     from metaportrait.training.fewshot import finetune_fewshot
 
-    from metaportrait.fewshot_pipeline import fewshot_loss_weights
-
     weights = fewshot_loss_weights(folder)
-    emb = Embedder.from_pretrained(folder / "embedder")
-    gen = FewShotGenerator.from_pretrained(folder / "generator")
-    disc = ProjectionDiscriminator.from_pretrained(folder / "discriminator")
+    emb, gen, disc = load_fewshot_folder(folder)
     size = gen.config.image_size
 
     def tensors(person, idx):

@@ -30,14 +30,25 @@ from metaportrait.personalize import PersonFrames
 from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
 
 
-def load_fewshot(weights: str | Path | None):
-    """(embedder, generator, discriminator) from a pipeline folder's ``fewshot`` component."""
-    from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
+def fewshot_folder(weights: str | Path | None) -> Path:
+    """The ``fewshot`` component folder of a pipeline folder / Hub repo (default: the embedded weights)."""
     from metaportrait.weights import find_component
 
     sub = find_component(weights, "fewshot")
     if sub is None:
         raise WeightsError(f"{weights or 'the embedded weights'} has no few-shot ('fewshot') component; train one with `metaportrait train-fewshot`")
+    return sub
+
+
+def load_fewshot(weights: str | Path | None):
+    """(embedder, generator, discriminator) from a pipeline folder's ``fewshot`` component."""
+    return load_fewshot_folder(fewshot_folder(weights))
+
+
+def load_fewshot_folder(sub: Path):
+    """(embedder, generator, discriminator) from a ``fewshot`` component folder itself."""
+    from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
+
     return (Embedder.from_pretrained(sub / "embedder"), FewShotGenerator.from_pretrained(sub / "generator"),
             ProjectionDiscriminator.from_pretrained(sub / "discriminator"))
 
@@ -76,10 +87,9 @@ def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights
     """FT (``steps`` of fine-tuning) or FF (``feed_forward=True``: ψ = P·ê only) on ``person``."""
     from metaportrait.training.fewshot import finetune_fewshot
 
-    from metaportrait.weights import find_component
-
-    embedder, generator, disc = load_fewshot(weights)
-    loss_weights = fewshot_loss_weights(find_component(weights, "fewshot"))
+    sub = fewshot_folder(weights)
+    embedder, generator, disc = load_fewshot_folder(sub)
+    loss_weights = fewshot_loss_weights(sub)
     frames, marks = person_tensors(person, generator.config.image_size)
     res = finetune_fewshot(embedder, generator, disc, frames, marks, steps=0 if feed_forward else steps,
                            feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights)

@@ -112,19 +112,21 @@ def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def validation_error(generator, objective, train: PersonFrames, val: PersonFrames, batch_size: int = 8) -> float:
-    """Mean L1 (in [0, 1] units) of the outputs on ``val``'s frames, driven from ``train``'s first frame."""
+def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFrames, batch_size: int = 8) -> tuple[float, float]:
+    """Mean L1 (in [0, 1] units) and mean PSNR (dB) of the outputs for ``frames``, driven from
+    ``train``'s first frame (the model's mode is left as it is)."""
     from metaportrait.training.datasets import collate_pairs, make_pair
 
-    total, count = 0.0, 0
-    for i in range(0, len(val), batch_size):
-        items = [make_pair(train.frames[0], val.frames[j], train.landmarks[0], val.landmarks[j])
-                 for j in range(i, min(i + batch_size, len(val)))]
+    l1s, psnrs = [], []
+    for i in range(0, len(frames), batch_size):
+        items = [make_pair(train.frames[0], frames.frames[j], train.landmarks[0], frames.landmarks[j])
+                 for j in range(i, min(i + batch_size, len(frames)))]
         batch = collate_pairs(items)
         out = objective(generator, batch, stage="full").output.image.float().clamp(-1, 1)
-        total += float((out - batch.driving).abs().div(2).mean(dim=(1, 2, 3)).sum())
-        count += len(items)
-    return total / count
+        diff = (out - batch.driving) / 2
+        l1s.append(diff.abs().mean(dim=(1, 2, 3)))
+        psnrs.append(10 * torch.log10(1.0 / diff.pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)))
+    return float(torch.cat(l1s).mean()), float(torch.cat(psnrs).mean())
 
 
 def collect_frames(video: str | Path | None = None, images: Sequence[str | Path | np.ndarray] = (), *,
@@ -235,7 +237,7 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     best: dict = {}
 
     def remember(done: int) -> None:
-        err = validation_error(generator, objective, train, val)
+        err = heldout_errors(generator, objective, train, val)[0]
         history.append((done, err))
         if not best or err < best["error"]:
             best.update(error=err, step=done, params=[p.detach().clone() for p in params])

@@ -137,6 +137,9 @@ def mesh_warp(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
     return np.stack([mesh_warp_image(source.face, source.landmarks, t) for t in targets])
 
 
+MESH_BLUR_SIGMA = 1.0  # px at 256²
+
+
 def mesh_warp_blurred(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
     """The mesh warp followed by a Gaussian blur (σ = 1 px at 256²).
 
@@ -149,9 +152,6 @@ def mesh_warp_blurred(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
 
     sigma = MESH_BLUR_SIGMA * source.face.shape[0] / 256.0
     return np.stack([cv2.GaussianBlur(img, (0, 0), sigma) for img in mesh_warp(pipe, source, targets)])
-
-
-MESH_BLUR_SIGMA = 1.0
 
 
 def model(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
