@@ -26,10 +26,11 @@ from metaportrait.models import (
     WarpingConfig,
     discriminator_config,
     generator_config,
+    gaussian_blur,
     make_identity_grid,
 )
 
-TINY = ["tiny", "tiny-direct"]
+TINY = ["tiny", "tiny-direct", "tiny-blend"]
 
 
 def _to_tensor(img: np.ndarray, size: int) -> torch.Tensor:
@@ -193,6 +194,10 @@ def test_generator_at_init_starts_from_the_prior(name, stage, inputs):
         assert torch.allclose(out.warped, x["source"], atol=1e-5)
     if cfg.refinement.output_mode == "residual" or stage == "warp":
         assert torch.equal(out.image, out.warped)
+    elif cfg.refinement.output_mode == "blend":  # the mean of the warp and its blurs, no residual yet
+        stack = [out.warped] + [gaussian_blur(out.warped, s * cfg.image_size / 256) for s in cfg.refinement.blur_sigmas]
+        assert torch.allclose(out.image, torch.stack(stack).mean(0).clamp(-1, 1), atol=1e-6)
+        assert not torch.allclose(out.image, out.warped, atol=1e-2)
     else:
         assert not torch.allclose(out.image, out.warped, atol=1e-2)
 
@@ -203,7 +208,9 @@ def test_gradients_reach_every_parameter_in_full_stage(name, inputs):
     # Zero-initialised output layers block gradients upstream at step 0 by design; perturb them
     # to check that every parameter is wired into the output.
     with torch.no_grad():
-        for layer in (model.warping.flow_head, model.refinement.head):
+        heads = [model.warping.flow_head, model.refinement.head]
+        heads += [model.refinement.blend_head] if hasattr(model.refinement, "blend_head") else []
+        for layer in heads:
             layer.weight.normal_(std=1e-2)
             layer.bias.normal_(std=1e-2)
     x = inputs(model.config.image_size)
@@ -212,6 +219,40 @@ def test_gradients_reach_every_parameter_in_full_stage(name, inputs):
     (out.image - target).abs().mean().backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert dead == []
+
+
+def test_gaussian_blur_matches_opencv(astronaut):
+    import cv2
+
+    img = astronaut[::4, ::4].astype(np.float32) / 255.0
+    for sigma in (0.5, 1.0, 2.0):
+        r = int(np.ceil(3 * sigma))
+        ref = cv2.GaussianBlur(img, (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_REFLECT_101)
+        out = gaussian_blur(torch.from_numpy(img).permute(2, 0, 1)[None], sigma)[0].permute(1, 2, 0).numpy()
+        assert np.abs(out - ref).max() < 1e-5, sigma
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    assert gaussian_blur(x, 0.0) is x
+    with pytest.raises(ValueError, match="too large"):
+        gaussian_blur(x[..., :8, :8], 3.0)
+
+
+def test_blend_output_follows_its_weights(inputs):
+    """Forcing the blend logits to one image selects it exactly: the warp, or one blur of it."""
+    model = _model("tiny-blend").eval()
+    cfg = model.config
+    x = inputs(cfg.image_size)
+    for k in range(1 + len(cfg.refinement.blur_sigmas)):
+        with torch.no_grad():
+            model.refinement.blend_head.bias.fill_(-50.0)
+            model.refinement.blend_head.bias[k] = 50.0
+            out = _run(model, x)
+        sigma = ([0.0] + list(cfg.refinement.blur_sigmas))[k] * cfg.image_size / 256
+        expected = gaussian_blur(out.warped, sigma) if sigma else out.warped
+        assert torch.allclose(out.image, expected.clamp(-1, 1), atol=1e-5), k
+        weights = model.refinement(x["source"], model.warping(x["source"], x["source_landmarks"],
+                                   x["driving_landmarks"], x["prior"]), x["identity"], x["driving_landmarks"]).blend_weights
+        assert weights.shape == (2, 1 + len(cfg.refinement.blur_sigmas), 64, 64)
+        assert torch.allclose(weights[:, k], torch.ones(1))
 
 
 def test_warp_stage_leaves_refinement_untouched(inputs):
@@ -346,6 +387,8 @@ def test_unknown_preset_lists_names():
         (lambda: WarpingConfig(flow_size=512), "512"),
         (lambda: RefinementConfig(output_mode="sigmoid"), "sigmoid"),
         (lambda: RefinementConfig(num_down=9), "9"),
+        (lambda: RefinementConfig(blur_sigmas=()), "blur_sigmas"),
+        (lambda: RefinementConfig(blur_sigmas=(1.0, -2.0)), "-2.0"),
         (lambda: RefinementConfig(fusion_min_level=5, num_down=3), "5"),
         (lambda: GeneratorConfig(identity_dim=512), "512"),
         (lambda: GeneratorConfig(refinement=RefinementConfig(image_size=128)), "128"),

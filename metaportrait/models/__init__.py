@@ -24,6 +24,7 @@ from metaportrait.models.layers import (
     FusionNorm,
     ResBlock,
     UpBlock,
+    gaussian_blur,
     make_identity_grid,
 )
 from metaportrait.models.refinement_network import RefinementConfig, RefinementNetwork, RefinementOutput

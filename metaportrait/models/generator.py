@@ -10,7 +10,10 @@ Presets (:data:`PRESETS`, :func:`generator_config`):
   tanh output; ≈130M parameters like the paper's 130.28M (DESIGN.md §2.8).
 * ``"demo"`` — 256², mesh-warp prior as input (the network predicts a residual on it), residual
   output; sized for interactive use on a 2-core CPU.
-* ``"tiny"`` / ``"tiny-direct"`` — 64², a few channels, for tests (with / without the prior).
+* ``"demo-blend"`` — ``"demo"`` whose refinement output mixes the warped source with blurred copies
+  of itself per pixel before the residual (``output_mode="blend"``).
+* ``"tiny"`` / ``"tiny-direct"`` / ``"tiny-blend"`` — 64², a few channels, for tests (with / without
+  the prior; blend output).
 
 Images are ``B×3×H×W`` in [-1, 1]; grids ``B×H×W×2`` (grid_sample, align_corners=False).
 """
@@ -208,6 +211,34 @@ PRESETS: dict[str, GeneratorConfig] = {
         ),
         identity_dim=128,
     ),
+    "demo-blend": GeneratorConfig(
+        warping=WarpingConfig(
+            image_size=256,
+            base_channels=16,
+            max_channels=128,
+            motion_dim=128,
+            encoder_depth=4,
+            encoder_size=64,
+            hourglass_depth=4,
+            hourglass_channels=16,
+            flow_size=64,
+            use_prior=True,
+            padding_mode="reflection",
+        ),
+        refinement=RefinementConfig(
+            image_size=256,
+            identity_dim=128,
+            base_channels=8,
+            max_channels=64,
+            num_down=3,
+            num_bottleneck_blocks=1,
+            fusion_hidden=16,
+            fusion_min_level=2,
+            output_mode="blend",
+            blur_sigmas=(1.0, 2.0),
+        ),
+        identity_dim=128,
+    ),
     "tiny": GeneratorConfig(
         warping=WarpingConfig(
             image_size=64,
@@ -232,6 +263,34 @@ PRESETS: dict[str, GeneratorConfig] = {
             fusion_hidden=8,
             fusion_min_level=1,
             output_mode="residual",
+        ),
+        identity_dim=128,
+    ),
+    "tiny-blend": GeneratorConfig(
+        warping=WarpingConfig(
+            image_size=64,
+            base_channels=8,
+            max_channels=32,
+            motion_dim=16,
+            encoder_depth=3,
+            encoder_size=32,
+            hourglass_depth=2,
+            hourglass_channels=8,
+            flow_size=32,
+            use_prior=True,
+            padding_mode="reflection",
+        ),
+        refinement=RefinementConfig(
+            image_size=64,
+            identity_dim=128,
+            base_channels=8,
+            max_channels=32,
+            num_down=2,
+            num_bottleneck_blocks=1,
+            fusion_hidden=8,
+            fusion_min_level=1,
+            output_mode="blend",
+            blur_sigmas=(1.0, 2.0),
         ),
         identity_dim=128,
     ),
@@ -266,7 +325,7 @@ PRESETS: dict[str, GeneratorConfig] = {
 
 
 def generator_config(name: str) -> GeneratorConfig:
-    """The :class:`GeneratorConfig` of a preset ("paper", "demo", "tiny", "tiny-direct")."""
+    """The :class:`GeneratorConfig` of a preset (see :data:`PRESETS`)."""
     try:
         return PRESETS[name]
     except KeyError:

@@ -12,6 +12,8 @@
   decoder cascade of the ID-preserving refinement network).
 * :class:`ResBlock`, :class:`DownBlock`, :class:`UpBlock` — plain building blocks.
 * :func:`make_identity_grid` — the identity sampling grid of ``grid_sample`` (align_corners=False).
+* :func:`gaussian_blur` — separable Gaussian blur with reflection padding (the blur stack of the
+  refinement network's ``blend`` output head).
 
 Tensors are ``B×C×H×W``; images are RGB in [-1, 1]; grids are ``B×H×W×2`` (x, y) in grid_sample's
 normalised coordinates with ``align_corners=False``.
@@ -19,6 +21,7 @@ normalised coordinates with ``align_corners=False``.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -87,6 +90,28 @@ def resize_grid(grid: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor
     else:
         g = F.interpolate(g, size=size, mode="bilinear", align_corners=False)
     return g.permute(0, 2, 3, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a ``B×C×H×W`` map, σ in pixels, radius ⌈3σ⌉, reflection padding.
+
+    Computed in ``x``'s dtype on ``x``'s device; ``sigma <= 0`` returns ``x`` unchanged.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"gaussian_blur expects B×C×H×W, got shape {tuple(x.shape)}")
+    if sigma <= 0:
+        return x
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    if radius >= min(x.shape[-2:]):
+        raise ValueError(f"gaussian_blur: σ={sigma} (radius {radius}) is too large for a {tuple(x.shape[-2:])} map")
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    y = F.pad(x, (radius, radius, 0, 0), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.pad(y, (0, 0, radius, radius), mode="reflect")
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def resize_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,7 +10,16 @@
 * Output head: ``output_mode="direct"`` gives ``tanh(Conv(h))`` as in the paper;
   ``output_mode="residual"`` gives ``clamp(Ĩ_s + 2·tanh(Conv(h)), −1, 1)`` with the last conv
   zero-initialised, so at step 0 the output is exactly the warped source Ĩ_s (training starts at
-  the warp's quality instead of from noise).
+  the warp's quality instead of from noise); ``output_mode="blend"`` first mixes Ĩ_s with
+  Gaussian blurs of itself (σ in ``blur_sigmas``, pixels at 256², scaled with ``image_size``) by
+  per-pixel softmax weights ``π = softmax(Conv(h))`` and then adds the same bounded residual:
+  ``clamp(Σ_k π_k·G_σk(Ĩ_s) + 2·tanh(Conv(h)), −1, 1)`` (σ_0 = 0 is Ĩ_s itself). Both heads start
+  at zero, so at step 0 the output is the mean of Ĩ_s and its blurs. Why: where the warp's edges
+  are uncertain (hair, the face outline, the mouth), the image that minimises the expected L1 /
+  maximises SSIM is a local average over the possible positions; a blur *amount* predicted from
+  the landmarks and the warp is a function of geometry, not of who the person is, so it
+  generalises from a few training people where a free residual over-fits them (measured:
+  ``weights/README.md``).
 
 ``z_id`` is L2-normalised inside (face-recognition embeddings are compared by cosine; SFace 128-d,
 ArcFace 512-d). Images are ``B×3×H×W`` in [-1, 1].
@@ -26,11 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaportrait.models.hub import HubModel, ModelConfig
-from metaportrait.models.layers import DownBlock, FusionBlock, resize_grid, resize_map
+from metaportrait.models.layers import DownBlock, FusionBlock, gaussian_blur, resize_grid, resize_map
 from metaportrait.models.warping_network import WarpingOutput, check_grid, check_image
 
-OutputMode = Literal["residual", "direct"]
-_OUTPUT_MODES = ("residual", "direct")
+OutputMode = Literal["residual", "direct", "blend"]
+_OUTPUT_MODES = ("residual", "direct", "blend")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +58,9 @@ class RefinementConfig(ModelConfig):
         fusion_min_level: decoder levels ``k >= fusion_min_level`` (scale ``1/2**k``) are fusion
             blocks; finer levels are a plain 3×3 conv over ``[h, f̃_k, Ĩ_s, L_d, O]`` (much cheaper
             at 128²-256² on a CPU). 0 = fusion blocks everywhere (the paper).
-        output_mode: ``"direct"`` (tanh image, the paper) or ``"residual"`` (warped + bounded delta).
+        output_mode: ``"direct"`` (tanh image, the paper), ``"residual"`` (warped + bounded delta)
+            or ``"blend"`` (per-pixel mixture of the warped image and its blurs + bounded delta).
+        blur_sigmas: Gaussian σ (pixels at 256²) of the blurred copies mixed by ``"blend"``.
     """
 
     image_size: int = 256
@@ -62,6 +73,7 @@ class RefinementConfig(ModelConfig):
     fusion_hidden: int = 128
     fusion_min_level: int = 0
     output_mode: OutputMode = "direct"
+    blur_sigmas: tuple[float, ...] = (1.0, 2.0)
 
     def validate(self) -> None:
         for name in ("image_size", "identity_dim", "landmark_channels", "base_channels", "max_channels", "fusion_hidden"):
@@ -74,6 +86,10 @@ class RefinementConfig(ModelConfig):
                 raise ValueError(f"RefinementConfig.{name} must be a non-negative int, got {value!r}")
         if self.output_mode not in _OUTPUT_MODES:
             raise ValueError(f"RefinementConfig.output_mode must be one of {_OUTPUT_MODES}, got {self.output_mode!r}")
+        if not self.blur_sigmas or any(
+            not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 8 for v in self.blur_sigmas
+        ):
+            raise ValueError(f"RefinementConfig.blur_sigmas must be a non-empty tuple of σ in (0, 8], got {self.blur_sigmas!r}")
         if self.fusion_min_level > self.num_down:
             raise ValueError(
                 f"RefinementConfig.fusion_min_level ({self.fusion_min_level}) must be <= num_down ({self.num_down})"
@@ -104,10 +120,13 @@ class RefinementOutput:
     Attributes:
         image: refined image Ĩ_y, ``B×3×H×W`` in [-1, 1].
         masks: the fusion masks M of every fusion normalisation, coarse to fine, each ``B×1×h×w``.
+        blend_weights: ``B×(1+K)×H×W`` softmax weights of Ĩ_s and its K blurs (``output_mode="blend"``;
+            None otherwise).
     """
 
     image: torch.Tensor
     masks: list[torch.Tensor]
+    blend_weights: torch.Tensor | None = None
 
 
 class RefinementNetwork(HubModel, tags=["refinement-network"]):
@@ -139,9 +158,13 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
                 decoder.append(nn.Conv2d(cfg.width(k + 1) + cfg.cond_channels(k), cfg.width(k), 3, padding=1))
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(cfg.width(0), 3, 3, padding=1)
-        if cfg.output_mode == "residual":
+        if cfg.output_mode in ("residual", "blend"):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+            if cfg.output_mode == "blend":
+                self.blend_head = nn.Conv2d(cfg.width(0), 1 + len(cfg.blur_sigmas), 3, padding=1)
+                nn.init.zeros_(self.blend_head.weight)
+                nn.init.zeros_(self.blend_head.bias)
         elif cfg.output_mode == "direct":
             pass  # default init: the paper's tanh output trained from scratch
         else:
@@ -211,14 +234,23 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
                 masks += m
             else:
                 h = F.leaky_relu(block(torch.cat([h, conds[k]], dim=1)), 0.2)
-        raw = self.head(F.leaky_relu(h, 0.2))
+        h = F.leaky_relu(h, 0.2)
+        raw = self.head(h)
+        weights = None
         if cfg.output_mode == "residual":
             image = torch.clamp(warp.warped + 2 * torch.tanh(raw).to(warp.warped.dtype), -1.0, 1.0)
+        elif cfg.output_mode == "blend":
+            weights = torch.softmax(self.blend_head(h).float(), dim=1)  # B×(1+K)×H×W
+            base = warp.warped.float() * weights[:, :1]
+            scale = size / 256.0
+            for k, sigma in enumerate(cfg.blur_sigmas, start=1):
+                base = base + gaussian_blur(warp.warped.float(), sigma * scale) * weights[:, k : k + 1]
+            image = torch.clamp(base + 2 * torch.tanh(raw.float()), -1.0, 1.0).to(warp.warped.dtype)
         elif cfg.output_mode == "direct":
             image = torch.tanh(raw)
         else:
             raise ValueError(f"unknown output_mode {cfg.output_mode!r}")
-        return RefinementOutput(image=image, masks=masks)
+        return RefinementOutput(image=image, masks=masks, blend_weights=weights)
 
 
 __all__ = ["RefinementConfig", "RefinementNetwork", "RefinementOutput"]
