@@ -208,9 +208,8 @@ def test_gradients_reach_every_parameter_in_full_stage(name, inputs):
     # Zero-initialised output layers block gradients upstream at step 0 by design; perturb them
     # to check that every parameter is wired into the output.
     with torch.no_grad():
-        heads = [model.warping.flow_head, model.refinement.head]
-        heads += [model.refinement.blend_head] if hasattr(model.refinement, "blend_head") else []
-        for layer in heads:
+        heads = [model.warping.flow_head, model.refinement.head, getattr(model.refinement, "blend_head", None)]
+        for layer in filter(None, heads):
             layer.weight.normal_(std=1e-2)
             layer.bias.normal_(std=1e-2)
     x = inputs(model.config.image_size)
@@ -236,10 +235,17 @@ def test_gaussian_blur_matches_opencv(astronaut):
         gaussian_blur(x[..., :8, :8], 3.0)
 
 
-def test_blend_output_follows_its_weights(inputs):
-    """Forcing the blend logits to one image selects it exactly: the warp, or one blur of it."""
-    model = _model("tiny-blend").eval()
-    cfg = model.config
+@pytest.mark.parametrize("residual", [False, True])
+def test_blend_output_follows_its_weights(residual, inputs, tmp_path):
+    """Forcing the blend logits to one image selects it exactly: the warp, or one blur of it (the
+    residual head starts at zero); with ``blend_residual`` the residual head exists and round-trips."""
+    cfg = generator_config("tiny-blend")
+    cfg = cfg.replace(refinement=cfg.refinement.replace(blend_residual=residual))
+    torch.manual_seed(0)
+    model = MetaPortraitGenerator(cfg).eval()
+    assert (model.refinement.head is not None) == residual
+    model.save_pretrained(tmp_path)
+    assert MetaPortraitGenerator.from_pretrained(tmp_path).config == cfg
     x = inputs(cfg.image_size)
     for k in range(1 + len(cfg.refinement.blur_sigmas)):
         with torch.no_grad():
@@ -389,6 +395,7 @@ def test_unknown_preset_lists_names():
         (lambda: RefinementConfig(num_down=9), "9"),
         (lambda: RefinementConfig(blur_sigmas=()), "blur_sigmas"),
         (lambda: RefinementConfig(blur_sigmas=(1.0, -2.0)), "-2.0"),
+        (lambda: RefinementConfig(blend_residual="no"), "'no'"),
         (lambda: RefinementConfig(fusion_min_level=5, num_down=3), "5"),
         (lambda: GeneratorConfig(identity_dim=512), "512"),
         (lambda: GeneratorConfig(refinement=RefinementConfig(image_size=128)), "128"),

@@ -10,8 +10,8 @@ Presets (:data:`PRESETS`, :func:`generator_config`):
   tanh output; ≈130M parameters like the paper's 130.28M (DESIGN.md §2.8).
 * ``"demo"`` — 256², mesh-warp prior as input (the network predicts a residual on it), residual
   output; sized for interactive use on a 2-core CPU.
-* ``"demo-blend"`` — ``"demo"`` whose refinement output mixes the warped source with blurred copies
-  of itself per pixel before the residual (``output_mode="blend"``).
+* ``"demo-blend"`` — ``"demo"`` whose refinement output is a per-pixel mixture of the warped source
+  and blurred copies of itself (``output_mode="blend"``, no free residual: ``blend_residual=False``).
 * ``"tiny"`` / ``"tiny-direct"`` / ``"tiny-blend"`` — 64², a few channels, for tests (with / without
   the prior; blend output).
 
@@ -236,6 +236,7 @@ PRESETS: dict[str, GeneratorConfig] = {
             fusion_min_level=2,
             output_mode="blend",
             blur_sigmas=(1.0, 2.0),
+            blend_residual=False,
         ),
         identity_dim=128,
     ),
@@ -291,6 +292,7 @@ PRESETS: dict[str, GeneratorConfig] = {
             fusion_min_level=1,
             output_mode="blend",
             blur_sigmas=(1.0, 2.0),
+            blend_residual=False,
         ),
         identity_dim=128,
     ),

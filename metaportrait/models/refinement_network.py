@@ -12,7 +12,7 @@
   zero-initialised, so at step 0 the output is exactly the warped source Ĩ_s (training starts at
   the warp's quality instead of from noise); ``output_mode="blend"`` first mixes Ĩ_s with
   Gaussian blurs of itself (σ in ``blur_sigmas``, pixels at 256², scaled with ``image_size``) by
-  per-pixel softmax weights ``π = softmax(Conv(h))`` and then adds the same bounded residual:
+  per-pixel softmax weights ``π = softmax(Conv(h))`` and then (``blend_residual``) adds the same bounded residual:
   ``clamp(Σ_k π_k·G_σk(Ĩ_s) + 2·tanh(Conv(h)), −1, 1)`` (σ_0 = 0 is Ĩ_s itself). Both heads start
   at zero, so at step 0 the output is the mean of Ĩ_s and its blurs. Why: where the warp's edges
   are uncertain (hair, the face outline, the mouth), the image that minimises the expected L1 /
@@ -61,6 +61,9 @@ class RefinementConfig(ModelConfig):
         output_mode: ``"direct"`` (tanh image, the paper), ``"residual"`` (warped + bounded delta)
             or ``"blend"`` (per-pixel mixture of the warped image and its blurs + bounded delta).
         blur_sigmas: Gaussian σ (pixels at 256²) of the blurred copies mixed by ``"blend"``.
+        blend_residual: whether ``"blend"`` adds the bounded residual ``2·tanh(Conv(h))``; without it
+            the output is only the per-pixel mixture (no free pixel values: nothing per-person to
+            over-fit).
     """
 
     image_size: int = 256
@@ -74,6 +77,7 @@ class RefinementConfig(ModelConfig):
     fusion_min_level: int = 0
     output_mode: OutputMode = "direct"
     blur_sigmas: tuple[float, ...] = (1.0, 2.0)
+    blend_residual: bool = True
 
     def validate(self) -> None:
         for name in ("image_size", "identity_dim", "landmark_channels", "base_channels", "max_channels", "fusion_hidden"):
@@ -90,6 +94,8 @@ class RefinementConfig(ModelConfig):
             not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 8 for v in self.blur_sigmas
         ):
             raise ValueError(f"RefinementConfig.blur_sigmas must be a non-empty tuple of σ in (0, 8], got {self.blur_sigmas!r}")
+        if not isinstance(self.blend_residual, bool):
+            raise ValueError(f"RefinementConfig.blend_residual must be a bool, got {self.blend_residual!r}")
         if self.fusion_min_level > self.num_down:
             raise ValueError(
                 f"RefinementConfig.fusion_min_level ({self.fusion_min_level}) must be <= num_down ({self.num_down})"
@@ -157,10 +163,15 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
             else:
                 decoder.append(nn.Conv2d(cfg.width(k + 1) + cfg.cond_channels(k), cfg.width(k), 3, padding=1))
         self.decoder = nn.ModuleList(decoder)
-        self.head = nn.Conv2d(cfg.width(0), 3, 3, padding=1)
+        self.head = (
+            nn.Conv2d(cfg.width(0), 3, 3, padding=1)
+            if cfg.output_mode != "blend" or cfg.blend_residual
+            else None
+        )
         if cfg.output_mode in ("residual", "blend"):
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            if self.head is not None:
+                nn.init.zeros_(self.head.weight)
+                nn.init.zeros_(self.head.bias)
             if cfg.output_mode == "blend":
                 self.blend_head = nn.Conv2d(cfg.width(0), 1 + len(cfg.blur_sigmas), 3, padding=1)
                 nn.init.zeros_(self.blend_head.weight)
@@ -235,7 +246,7 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
             else:
                 h = F.leaky_relu(block(torch.cat([h, conds[k]], dim=1)), 0.2)
         h = F.leaky_relu(h, 0.2)
-        raw = self.head(h)
+        raw = self.head(h) if self.head is not None else None
         weights = None
         if cfg.output_mode == "residual":
             image = torch.clamp(warp.warped + 2 * torch.tanh(raw).to(warp.warped.dtype), -1.0, 1.0)
@@ -245,7 +256,9 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
             scale = size / 256.0
             for k, sigma in enumerate(cfg.blur_sigmas, start=1):
                 base = base + gaussian_blur(warp.warped.float(), sigma * scale) * weights[:, k : k + 1]
-            image = torch.clamp(base + 2 * torch.tanh(raw.float()), -1.0, 1.0).to(warp.warped.dtype)
+            if raw is not None:
+                base = base + 2 * torch.tanh(raw.float())
+            image = torch.clamp(base, -1.0, 1.0).to(warp.warped.dtype)
         elif cfg.output_mode == "direct":
             image = torch.tanh(raw)
         else:
