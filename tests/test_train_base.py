@@ -65,6 +65,31 @@ def test_both_stages_checkpoint_resume_and_load(prepared_data, tiny256_config, t
     assert training["steps"] == 4
 
 
+def test_frozen_residual_head_stays_zero_while_the_blend_learns(prepared_data, tmp_path):
+    """The blend recipe: ``frozen_modules=["refinement.head"]`` keeps the residual head at exactly zero
+    (the output stays a mixture of the warp and its blurs) while the blend weights train."""
+    from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+
+    cfg = generator_config("tiny-blend")
+    cfg = cfg.replace(warping=cfg.warping.replace(image_size=256),
+                      refinement=cfg.refinement.replace(image_size=256, blend_residual=True))
+    preset = tmp_path / "tiny_blend256.json"
+    preset.write_text(json.dumps(cfg.to_dict()))
+    final = train(BaseTrainConfig(
+        data_dir=str(prepared_data), output_dir=str(tmp_path / "run"), preset=str(preset), warp_steps=0, full_steps=3,
+        batch_size=2, lr=1e-2, mixed_precision="no", checkpoint_every=3, log_every=1, image_every=0, warmup_steps=0,
+        adversarial=False, perceptual_network="sface", perceptual_pyramid=(0.25,), pixel_l1=1.0, pixel_ssim=1.0,
+        weights={"identity": 0.0}, joint_warp_lr_scale=0.0, frozen_modules=["refinement.head"], ema_decay=0.0,
+    ))
+    model = MetaPortraitGenerator.from_pretrained(final / "base")
+    assert model.refinement.head.weight.abs().max() == 0 and model.refinement.head.bias.abs().max() == 0
+    assert model.refinement.blend_head.weight.abs().max() > 0
+    with pytest.raises(ValueError, match="refinement.hed"):
+        train(BaseTrainConfig(data_dir=str(prepared_data), output_dir=str(tmp_path / "bad"), preset=str(preset),
+                              warp_steps=0, full_steps=1, mixed_precision="no", adversarial=False,
+                              frozen_modules=["refinement.hed"]))
+
+
 def test_invalid_config_values():
     with pytest.raises(ValueError, match="mixed_precision"):
         BaseTrainConfig(data_dir="x", output_dir="y", mixed_precision="fp8")

@@ -48,6 +48,10 @@ class BaseTrainConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     joint_warp_lr_scale: float = 0.1
+    # generator sub-modules kept at their initial (or init_from) weights, e.g. ["refinement.head"]:
+    # the blend recipe keeps the residual head at zero so that only how much to blur is learned,
+    # while personalization can still train the head for one person
+    frozen_modules: tuple[str, ...] = ()
     disc_lr: float = 2e-4
     grad_clip: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
@@ -81,6 +85,8 @@ class BaseTrainConfig:
             object.__setattr__(self, "perceptual_pyramid", tuple(self.perceptual_pyramid))
         if isinstance(self.synthetic_stills, list):
             object.__setattr__(self, "synthetic_stills", tuple(self.synthetic_stills))
+        if isinstance(self.frozen_modules, list):
+            object.__setattr__(self, "frozen_modules", tuple(self.frozen_modules))
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
         if self.warp_steps < 0 or self.full_steps < 0 or self.warp_steps + self.full_steps == 0:
@@ -212,8 +218,15 @@ def train(config: BaseTrainConfig) -> Path:
         train_sets.append((SyntheticMotionDataset(list(config.synthetic_stills), size=size), config.synthetic_fraction))
     source = BatchSource(train_sets, collate_pairs, config.batch_size, config.seed, accelerator.process_index)
 
-    warp_params = list(generator.warping.parameters())
-    refine_params = list(generator.refinement.parameters())
+    modules_by_name = dict(generator.named_modules())
+    for name in config.frozen_modules:
+        module = modules_by_name.get(name)
+        if module is None or not list(module.parameters()):
+            raise ValueError(f"frozen_modules: {name!r} is not a generator sub-module with parameters "
+                             f"(e.g. 'refinement.head', 'warping')")
+        module.requires_grad_(False)
+    warp_params = [p for p in generator.warping.parameters() if p.requires_grad]
+    refine_params = [p for p in generator.refinement.parameters() if p.requires_grad]
     opt_g = torch.optim.Adam(
         [{"params": warp_params, "lr": config.lr, "name": "warping"},
          {"params": refine_params, "lr": config.lr, "name": "refinement"}],
