@@ -11,7 +11,9 @@ Presets (:data:`PRESETS`, :func:`generator_config`):
 * ``"demo"`` — 256², mesh-warp prior as input (the network predicts a residual on it), residual
   output; sized for interactive use on a 2-core CPU.
 * ``"demo-blend"`` — ``"demo"`` whose refinement output is a per-pixel mixture of the warped source
-  and blurred copies of itself (``output_mode="blend"``, no free residual: ``blend_residual=False``).
+  and blurred copies of itself plus the bounded residual (``output_mode="blend"``); the embedded
+  weights keep that residual head at zero (trained with ``frozen_modules=["refinement.head"]``) and
+  personalization trains it.
 * ``"tiny"`` / ``"tiny-direct"`` / ``"tiny-blend"`` — 64², a few channels, for tests (with / without
   the prior; blend output).
 
@@ -236,7 +238,6 @@ PRESETS: dict[str, GeneratorConfig] = {
             fusion_min_level=2,
             output_mode="blend",
             blur_sigmas=(1.0, 2.0),
-            blend_residual=False,
         ),
         identity_dim=128,
     ),
