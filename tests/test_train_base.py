@@ -65,29 +65,41 @@ def test_both_stages_checkpoint_resume_and_load(prepared_data, tiny256_config, t
     assert training["steps"] == 4
 
 
-def test_frozen_residual_head_stays_zero_while_the_blend_learns(prepared_data, tmp_path):
-    """The blend recipe: ``frozen_modules=["refinement.head"]`` keeps the residual head at exactly zero
-    (the output stays a mixture of the warp and its blurs) while the blend weights train."""
+@pytest.mark.parametrize("option", ["frozen_modules", "zero_at_export"])
+def test_blend_recipe_ships_a_zero_residual_head(option, prepared_data, tmp_path):
+    """The blend recipes: ``frozen_modules=["refinement.head"]`` keeps the residual head at exactly
+    zero during training; ``zero_at_export`` trains it but writes it as zero, in the final folder and
+    in ``export_checkpoint`` alike. Either way the blend weights train and the shipped output is a
+    mixture of the warp and its blurs."""
     from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+    from metaportrait.training.train_base import export_checkpoint
 
     cfg = generator_config("tiny-blend")
     cfg = cfg.replace(warping=cfg.warping.replace(image_size=256),
                       refinement=cfg.refinement.replace(image_size=256, blend_residual=True))
     preset = tmp_path / "tiny_blend256.json"
     preset.write_text(json.dumps(cfg.to_dict()))
-    final = train(BaseTrainConfig(
+    config = BaseTrainConfig(
         data_dir=str(prepared_data), output_dir=str(tmp_path / "run"), preset=str(preset), warp_steps=0, full_steps=3,
         batch_size=2, lr=1e-2, mixed_precision="no", checkpoint_every=3, log_every=1, image_every=0, warmup_steps=0,
         adversarial=False, perceptual_network="sface", perceptual_pyramid=(0.25,), pixel_l1=1.0, pixel_ssim=1.0,
-        weights={"identity": 0.0}, joint_warp_lr_scale=0.0, frozen_modules=["refinement.head"], ema_decay=0.0,
-    ))
-    model = MetaPortraitGenerator.from_pretrained(final / "base")
-    assert model.refinement.head.weight.abs().max() == 0 and model.refinement.head.bias.abs().max() == 0
-    assert model.refinement.blend_head.weight.abs().max() > 0
+        weights={"identity": 0.0}, joint_warp_lr_scale=0.0, ema_decay=0.0, **{option: ["refinement.head"]},
+    )
+    final = train(config)
+    exported = export_checkpoint(config, tmp_path / "run" / "checkpoints" / "step_00000003", tmp_path / "exported")
+    for folder in (final, exported):
+        model = MetaPortraitGenerator.from_pretrained(folder / "base")
+        assert model.refinement.head.weight.abs().max() == 0 and model.refinement.head.bias.abs().max() == 0
+        assert model.refinement.blend_head.weight.abs().max() > 0
+    # the checkpoint's (EMA) head: trained under zero_at_export, untouched zeros under frozen_modules
+    ema = torch.load(tmp_path / "run" / "checkpoints" / "step_00000003" / "custom_checkpoint_0.pkl", weights_only=False)
+    names = [n for n, _ in model.named_parameters()]
+    head = ema["shadow_params"][names.index("refinement.head.weight")]
+    assert (float(head.abs().max()) > 0) == (option == "zero_at_export")
     with pytest.raises(ValueError, match="refinement.hed"):
         train(BaseTrainConfig(data_dir=str(prepared_data), output_dir=str(tmp_path / "bad"), preset=str(preset),
                               warp_steps=0, full_steps=1, mixed_precision="no", adversarial=False,
-                              frozen_modules=["refinement.hed"]))
+                              **{option: ["refinement.hed"]}))
 
 
 def test_invalid_config_values():

@@ -17,6 +17,7 @@ output), a parameter summary, a NaN/inf guard, a wall-clock budget, and a final
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -52,6 +53,12 @@ class BaseTrainConfig:
     # the blend recipe keeps the residual head at zero so that only how much to blur is learned,
     # while personalization can still train the head for one person
     frozen_modules: tuple[str, ...] = ()
+    # generator sub-modules whose weights are set to zero in the saved/exported weights, e.g.
+    # ["refinement.head"]: the blend recipe trains the residual head alongside the blend weights (it
+    # absorbs what blur cannot explain) but ships without it, because on people it never saw the
+    # residual hurt while the blend weights generalised (weights/README.md); personalization and
+    # meta-learning train the head again, for one person
+    zero_at_export: tuple[str, ...] = ()
     disc_lr: float = 2e-4
     grad_clip: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
@@ -85,8 +92,9 @@ class BaseTrainConfig:
             object.__setattr__(self, "perceptual_pyramid", tuple(self.perceptual_pyramid))
         if isinstance(self.synthetic_stills, list):
             object.__setattr__(self, "synthetic_stills", tuple(self.synthetic_stills))
-        if isinstance(self.frozen_modules, list):
-            object.__setattr__(self, "frozen_modules", tuple(self.frozen_modules))
+        for name in ("frozen_modules", "zero_at_export"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
         if self.warp_steps < 0 or self.full_steps < 0 or self.warp_steps + self.full_steps == 0:
@@ -218,12 +226,8 @@ def train(config: BaseTrainConfig) -> Path:
         train_sets.append((SyntheticMotionDataset(list(config.synthetic_stills), size=size), config.synthetic_fraction))
     source = BatchSource(train_sets, collate_pairs, config.batch_size, config.seed, accelerator.process_index)
 
-    modules_by_name = dict(generator.named_modules())
-    for name in config.frozen_modules:
-        module = modules_by_name.get(name)
-        if module is None or not list(module.parameters()):
-            raise ValueError(f"frozen_modules: {name!r} is not a generator sub-module with parameters "
-                             f"(e.g. 'refinement.head', 'warping')")
+    _submodules(generator, config.zero_at_export, "zero_at_export")
+    for module in _submodules(generator, config.frozen_modules, "frozen_modules"):
         module.requires_grad_(False)
     warp_params = [p for p in generator.warping.parameters() if p.requires_grad]
     refine_params = [p for p in generator.refinement.parameters() if p.requires_grad]
@@ -330,7 +334,8 @@ def train(config: BaseTrainConfig) -> Path:
     if accelerator.is_main_process:
         ema.store(raw_gen.parameters())
         ema.copy_to(raw_gen.parameters())
-        raw_gen.save_pretrained(final / "base")
+        with _zeroed(raw_gen, config.zero_at_export):
+            raw_gen.save_pretrained(final / "base")
         ema.restore(raw_gen.parameters())
         write_model_index(final, generator="base")
         (final / "training.json").write_text(json.dumps(
@@ -340,6 +345,37 @@ def train(config: BaseTrainConfig) -> Path:
             raw_gen.push_to_hub(config.push_to_hub)
     accelerator.end_training()
     return final
+
+
+def _submodules(generator: torch.nn.Module, names: Sequence[str], option: str) -> list[torch.nn.Module]:
+    """The generator sub-modules called ``names`` (``named_modules`` paths); a clear error otherwise."""
+    by_name = dict(generator.named_modules())
+    found = []
+    for name in names:
+        module = by_name.get(name)
+        if module is None or not list(module.parameters()):
+            raise ValueError(f"{option}: {name!r} is not a generator sub-module with parameters "
+                             f"(e.g. 'refinement.head', 'warping')")
+        found.append(module)
+    return found
+
+
+@contextlib.contextmanager
+def _zeroed(generator: torch.nn.Module, names: Sequence[str]):
+    """Temporarily set the parameters of the named sub-modules to zero (for saving)."""
+    modules = _submodules(generator, names, "zero_at_export")
+    saved = [[p.detach().clone() for p in m.parameters()] for m in modules]
+    with torch.no_grad():
+        for m in modules:
+            for p in m.parameters():
+                p.zero_()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, values in zip(modules, saved):
+                for p, v in zip(m.parameters(), values):
+                    p.copy_(v)
 
 
 def _stage_lr_scale(group: str, stage: str, joint_scale: float) -> float:
@@ -389,6 +425,10 @@ def export_checkpoint(config: BaseTrainConfig, checkpoint: str | Path, output: s
     # our own checkpoint (written by accelerate.save_state): a pickled EMA state, trusted by construction
     ema.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False))
     ema.copy_to(generator.parameters())
+    for module in _submodules(generator, config.zero_at_export, "zero_at_export"):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.zero_()
     generator.save_pretrained(output / "base")
     write_model_index(output, generator="base")
     state = torch.load(checkpoint / "custom_checkpoint_1.pkl", map_location="cpu", weights_only=False)
