@@ -361,6 +361,9 @@ def test_demo_preset_choices():
     assert cfg.image_size == 256 and cfg.warping.flow_size == 64
     with torch.device("meta"):
         assert MetaPortraitGenerator(cfg).num_parameters() < 5e6
+    blend = generator_config("demo-blend")  # the embedded weights: demo + blend head (residual kept)
+    assert blend.refinement.output_mode == "blend" and blend.refinement.blend_residual
+    assert blend.warping == cfg.warping and blend.refinement.blur_sigmas == (1.0, 2.0)
 
 
 # ---------------------------------------------------------------------------------------------

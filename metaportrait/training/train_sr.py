@@ -70,7 +70,7 @@ class SRTrainConfig(ModelConfig):
     hr_frames_file: str = "frames_512.npy"
     # Train only on clips whose crop box covers at least this many source pixels: a 512² target cut
     # from a 228-pixel face is an upscaled image that teaches the network to produce blur. 0 = all clips.
-    min_source_side: int = 0
+    min_source_side: float = 0
     clip_length: int = 7
     batch_size: int = 8
     num_steps: int = 20000
@@ -146,7 +146,7 @@ class SRClipDataset(Dataset):
         hr_frames_file: str = "frames_512.npy",
         hflip: bool = True,
         seed: int = 0,
-        min_source_side: int = 0,
+        min_source_side: float = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         manifest_path = self.data_dir / "manifest.json"
@@ -178,7 +178,7 @@ class SRClipDataset(Dataset):
         if not self.starts:
             raise ValueError(
                 f"no training clips of {clip_length} consecutive valid frames with {hr_frames_file} "
-                f"(and a source crop of at least {min_source_side} px) in {self.data_dir}"
+                f"(and a source crop of at least {min_source_side:g} px) in {self.data_dir}"
             )
         self._frames: dict[int, np.ndarray] = {}
 
