@@ -291,8 +291,9 @@ def test_generator_input_validation(inputs):
     assert plain_model(*args[:3], None, stage="warp").image.shape == (2, 3, 64, 64)
 
 
-def test_bf16_autocast_forward(inputs):
-    model = _model("tiny").eval()
+@pytest.mark.parametrize("name", ["tiny", "tiny-blend"])
+def test_bf16_autocast_forward(name, inputs):
+    model = _model(name).eval()
     x = inputs(64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = _run(model, x, "full")

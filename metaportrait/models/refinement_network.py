@@ -16,8 +16,8 @@
   ``clamp(Σ_k π_k·G_σk(Ĩ_s) + 2·tanh(Conv(h)), −1, 1)`` (σ_0 = 0 is Ĩ_s itself). Both heads start
   at zero, so at step 0 the output is the mean of Ĩ_s and its blurs. Why: where the warp's edges
   are uncertain (hair, the face outline, the mouth), the image that minimises the expected L1 /
-  maximises SSIM is a local average over the possible positions; a blur *amount* predicted from
-  the landmarks and the warp is a function of geometry, not of who the person is, so it
+  maximises SSIM is a local average over the possible positions; how much to blur where depends
+  mostly on the geometry (landmarks, warp, occlusion) rather than on who the person is, so it
   generalises from a few training people where a free residual over-fits them (measured:
   ``weights/README.md``).
 
