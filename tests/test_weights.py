@@ -52,7 +52,7 @@ def test_embedded_meta_and_fewshot_components_load_strictly():
     meta = MetaPortraitGenerator.from_pretrained(WEIGHTS / index["meta"])
     base = MetaPortraitGenerator.from_pretrained(WEIGHTS / index["generator"])
     assert meta.config == base.config
-    moved = sum(float((a - b).abs().sum()) for a, b in zip(meta.parameters(), base.parameters()))
+    moved = sum(float((a - b).detach().abs().sum()) for a, b in zip(meta.parameters(), base.parameters()))
     assert moved > 0, "the meta-learned initialisation must differ from the base weights"
     if "fewshot" in index:
         embedder, generator, discriminator = load_fewshot(WEIGHTS)
