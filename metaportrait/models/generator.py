@@ -213,34 +213,6 @@ PRESETS: dict[str, GeneratorConfig] = {
         ),
         identity_dim=128,
     ),
-    "demo-blend": GeneratorConfig(
-        warping=WarpingConfig(
-            image_size=256,
-            base_channels=16,
-            max_channels=128,
-            motion_dim=128,
-            encoder_depth=4,
-            encoder_size=64,
-            hourglass_depth=4,
-            hourglass_channels=16,
-            flow_size=64,
-            use_prior=True,
-            padding_mode="reflection",
-        ),
-        refinement=RefinementConfig(
-            image_size=256,
-            identity_dim=128,
-            base_channels=8,
-            max_channels=64,
-            num_down=3,
-            num_bottleneck_blocks=1,
-            fusion_hidden=16,
-            fusion_min_level=2,
-            output_mode="blend",
-            blur_sigmas=(1.0, 2.0),
-        ),
-        identity_dim=128,
-    ),
     "tiny": GeneratorConfig(
         warping=WarpingConfig(
             image_size=64,
@@ -265,35 +237,6 @@ PRESETS: dict[str, GeneratorConfig] = {
             fusion_hidden=8,
             fusion_min_level=1,
             output_mode="residual",
-        ),
-        identity_dim=128,
-    ),
-    "tiny-blend": GeneratorConfig(
-        warping=WarpingConfig(
-            image_size=64,
-            base_channels=8,
-            max_channels=32,
-            motion_dim=16,
-            encoder_depth=3,
-            encoder_size=32,
-            hourglass_depth=2,
-            hourglass_channels=8,
-            flow_size=32,
-            use_prior=True,
-            padding_mode="reflection",
-        ),
-        refinement=RefinementConfig(
-            image_size=64,
-            identity_dim=128,
-            base_channels=8,
-            max_channels=32,
-            num_down=2,
-            num_bottleneck_blocks=1,
-            fusion_hidden=8,
-            fusion_min_level=1,
-            output_mode="blend",
-            blur_sigmas=(1.0, 2.0),
-            blend_residual=False,
         ),
         identity_dim=128,
     ),
@@ -325,6 +268,15 @@ PRESETS: dict[str, GeneratorConfig] = {
         identity_dim=128,
     ),
 }
+
+
+def _with_blend(cfg: GeneratorConfig, **changes) -> GeneratorConfig:
+    """``cfg`` whose refinement output is the ``blend`` head (σ 1 and 2 px); ``changes`` set further fields."""
+    return cfg.replace(refinement=cfg.refinement.replace(output_mode="blend", blur_sigmas=(1.0, 2.0), **changes))
+
+
+PRESETS["demo-blend"] = _with_blend(PRESETS["demo"])
+PRESETS["tiny-blend"] = _with_blend(PRESETS["tiny"], blend_residual=False)
 
 
 def generator_config(name: str) -> GeneratorConfig:
