@@ -49,9 +49,9 @@ class BaseTrainConfig:
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     joint_warp_lr_scale: float = 0.1
-    # generator sub-modules kept at their initial (or init_from) weights, e.g. ["refinement.head"]:
-    # the blend recipe keeps the residual head at zero so that only how much to blur is learned,
-    # while personalization can still train the head for one person
+    # generator sub-modules kept at their initial (or init_from) weights, e.g. ["warping"], or
+    # ["refinement.head"] to train only the blend weights of a blend model (tried: it blurred more and
+    # lost to zero_at_export below; weights/base_training.json)
     frozen_modules: tuple[str, ...] = ()
     # generator sub-modules whose weights are set to zero in the saved/exported weights, e.g.
     # ["refinement.head"]: the blend recipe trains the residual head alongside the blend weights (it
@@ -425,11 +425,8 @@ def export_checkpoint(config: BaseTrainConfig, checkpoint: str | Path, output: s
     # our own checkpoint (written by accelerate.save_state): a pickled EMA state, trusted by construction
     ema.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False))
     ema.copy_to(generator.parameters())
-    for module in _submodules(generator, config.zero_at_export, "zero_at_export"):
-        with torch.no_grad():
-            for p in module.parameters():
-                p.zero_()
-    generator.save_pretrained(output / "base")
+    with _zeroed(generator, config.zero_at_export):
+        generator.save_pretrained(output / "base")
     write_model_index(output, generator="base")
     state = torch.load(checkpoint / "custom_checkpoint_1.pkl", map_location="cpu", weights_only=False)
     (output / "training.json").write_text(json.dumps({"steps": state.get("step"), "seconds": state.get("seconds"),
