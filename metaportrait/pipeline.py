@@ -107,7 +107,10 @@ def to_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str 
     arr = np.stack(images) if isinstance(images, list) else images
     if arr.ndim == 3:
         arr = arr[None]
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # e.g. a read-only memory map of prepared frames
+        arr = arr.copy()
+    t = torch.from_numpy(arr).to(device)
     return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
