@@ -12,8 +12,8 @@ Presets (:data:`PRESETS`, :func:`generator_config`):
   output; sized for interactive use on a 2-core CPU.
 * ``"demo-blend"`` — ``"demo"`` whose refinement output is a per-pixel mixture of the warped source
   and blurred copies of itself plus the bounded residual (``output_mode="blend"``); the embedded
-  weights keep that residual head at zero (trained with ``frozen_modules=["refinement.head"]``) and
-  personalization trains it.
+  weights have that residual head at zero (trained alongside, written as zero by the recipe's
+  ``zero_at_export=["refinement.head"]``) and personalization trains it.
 * ``"tiny"`` / ``"tiny-direct"`` / ``"tiny-blend"`` — 64², a few channels, for tests (with / without
   the prior; blend output).
 

@@ -252,10 +252,10 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
             image = torch.clamp(warp.warped + 2 * torch.tanh(raw).to(warp.warped.dtype), -1.0, 1.0)
         elif cfg.output_mode == "blend":
             weights = torch.softmax(self.blend_head(h).float(), dim=1)  # B×(1+K)×H×W
-            base = warp.warped.float() * weights[:, :1]
-            scale = size / 256.0
+            warped = warp.warped.float()
+            base = warped * weights[:, :1]
             for k, sigma in enumerate(cfg.blur_sigmas, start=1):
-                base = base + gaussian_blur(warp.warped.float(), sigma * scale) * weights[:, k : k + 1]
+                base = base + gaussian_blur(warped, sigma * size / 256.0) * weights[:, k : k + 1]
             if raw is not None:
                 base = base + 2 * torch.tanh(raw.float())
             image = torch.clamp(base, -1.0, 1.0).to(warp.warped.dtype)
