@@ -41,6 +41,12 @@ from metaportrait.face import (
     mesh_warp_grid,
     transfer_landmarks,
 )
+from metaportrait.face.motion import irises_inside_eyelids
+from metaportrait.face.head_mesh import HeadRings, head_mesh, head_points, silhouette_factors
+from metaportrait.face.mesh_warp import source_triangles
+from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE, MOUTH_INNER, MOUTH_OUTER
+from metaportrait.face.segmentation import person_mask
+from metaportrait.render import output_size, render_crop, render_into_photo
 from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
 from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
@@ -49,6 +55,9 @@ from metaportrait.video import VideoWriter, add_visible_label, iter_frames, prob
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
 
 logger = logging.getLogger(__name__)
+
+# Eyelids, eye corners and irises: everything within the eye contours' reach gets the fast filter.
+_EYE_POINTS = sorted(set(LEFT_EYE) | set(RIGHT_EYE) | set(range(468, 478)))
 
 ProgressCallback = Callable[[int, int, str], None]
 """``progress(done, total, stage)``; ``total`` is 0 when unknown."""
@@ -64,10 +73,19 @@ class ReenactOptions:
     batch_size: int = 8
     max_seconds: float | None = None
     smooth_landmarks: bool = True
-    smoothing_min_cutoff: float = 1.5  # Hz (One-Euro filter)
+    smoothing_min_cutoff: float = 1.5  # Hz (One-Euro filter), face and head
     smoothing_beta: float = 0.075  # per 256-crop pixel/second; scaled to the model's crop size
+    eye_min_cutoff: float = 8.0  # Hz: eyelids and irises (a blink lasts 100-150 ms)
+    mouth_min_cutoff: float = 4.0  # Hz: lips
+    size: int | None = None  # face-crop output side 256|512|1024; None: 512 when the photo has the pixels
+    full_head: bool = True  # extend the mesh to hair, ears, neck and background (else face mesh only)
 
     def __post_init__(self) -> None:
+        if self.size is not None and self.size not in (256, 512, 1024):
+            raise ValueError(f"size must be 256, 512 or 1024, got {self.size!r}")
+        for name in ("smoothing_min_cutoff", "eye_min_cutoff", "mouth_min_cutoff"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.mode not in ("absolute", "relative"):
             raise ValueError(f"mode must be 'absolute' or 'relative', got {self.mode!r}")
         if self.batch_size < 1:
@@ -82,9 +100,20 @@ class SourceFace:
 
     image: np.ndarray  # the whole photo, uint8 RGB
     crop: CropTransform
-    face: np.ndarray  # size×size×3 uint8 crop
+    face: np.ndarray  # size×size×3 uint8 crop (the networks' working size)
     landmarks: np.ndarray  # 478×2 in crop pixels
     identity: torch.Tensor  # 1×D embedding
+    rings: HeadRings | None = None  # full-head extension (working-size crop pixels)
+    triangles: np.ndarray | None = None  # fixed mesh connectivity over landmarks + rings + border
+    _faces: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def face_at(self, size: int) -> np.ndarray:
+        """The source crop at ``size``² resampled from the photo itself (cached)."""
+        if size == self.face.shape[0]:
+            return self.face
+        if size not in self._faces:
+            self._faces[size] = self.crop.rescaled(size).crop(self.image)
+        return self._faces[size]
 
 
 @dataclass(frozen=True)
@@ -209,7 +238,11 @@ class MetaPortraitPipeline:
         identity = self.embed_identity(face, landmarks)
         if crop is None:
             crop = CropTransform(center=(self.size / 2, self.size / 2), side=float(self.size), size=self.size)
-        return SourceFace(image=face if image is None else image, crop=crop, face=face, landmarks=landmarks, identity=identity)
+        silhouette = silhouette_factors(landmarks, person_mask(face))
+        rings = head_points(landmarks, self.size, self.size, silhouette)
+        triangles = source_triangles(np.concatenate([landmarks[:, :2], rings.points]), self.size, self.size)
+        return SourceFace(image=face if image is None else image, crop=crop, face=face, landmarks=landmarks,
+                          identity=identity, rings=rings, triangles=triangles)
 
     @torch.inference_mode()
     def embed_identity(self, face: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
@@ -224,9 +257,15 @@ class MetaPortraitPipeline:
         """Yield (frame, landmarks in the driving crop or None) for each frame, streaming."""
         crop: CropTransform | None = None
         beta = options.smoothing_beta * 256.0 / self.size
-        filt = OneEuroFilter(min_cutoff=options.smoothing_min_cutoff, beta=beta)
+        cutoff = np.full((478, 1), options.smoothing_min_cutoff)
+        cutoff[list(MOUTH_OUTER) + list(MOUTH_INNER)] = options.mouth_min_cutoff
+        cutoff[_EYE_POINTS] = options.eye_min_cutoff
+        filt = OneEuroFilter(min_cutoff=cutoff, beta=beta)
         last: np.ndarray | None = None
-        with FaceAnalyzer(static_image_mode=False, max_faces=1) as analyzer:
+        # every frame is detected afresh: MediaPipe's tracking mode re-crops each frame around the last
+        # landmarks, which drifts by a pixel or two even on a still face (27-31 dB on 4 copies of one
+        # photo, against 56 dB detected afresh); the One-Euro filter handles the jitter instead
+        with FaceAnalyzer(static_image_mode=True, max_faces=1) as analyzer:
             for i, frame in enumerate(frames):
                 t0 = time.perf_counter()
                 dets = analyzer.detect(frame)
@@ -244,21 +283,51 @@ class MetaPortraitPipeline:
                 yield frame, lm
 
     # ------------------------------------------------------------------ generation
+    def prior_grid(self, source: SourceFace, target: np.ndarray, full_head: bool = True) -> np.ndarray:
+        """Working-size mesh-warp grid ``S×S×2`` moving the source onto ``target`` landmarks: the
+        full-head mesh (face + hair/ears/neck rings + still border) or the face mesh alone."""
+        if full_head and source.rings is not None:
+            src_all, drv_all = head_mesh(source.landmarks, target, source.rings, self.size, self.size,
+                                         triangles=source.triangles)
+            return mesh_warp_grid(src_all, drv_all, self.size, triangles=source.triangles)
+        return mesh_warp_grid(source.landmarks, target, self.size)
+
     @torch.inference_mode()
-    def generate(self, source: SourceFace, driving_landmarks: list[np.ndarray]) -> np.ndarray:
-        """Generate ``len(driving_landmarks)`` frames (uint8 B×S×S×3) for landmarks in crop pixels."""
+    def motion(
+        self, source: SourceFace, driving_landmarks: list[np.ndarray], full_head: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The networks at the working size: sampling grids ``B×S×S×2`` (prior + learned flow) and
+        the refinement residual ``B×S×S×3`` in [-1, 1] units (None when it draws nothing)."""
         n = len(driving_landmarks)
         src = to_tensor(source.face, self.device).expand(n, -1, -1, -1)
         ls = to_tensor(draw_landmark_image(source.landmarks, self.size), self.device).expand(n, -1, -1, -1)
         ld = to_tensor([draw_landmark_image(lm, self.size) for lm in driving_landmarks], self.device)
         prior = None
         if self.use_prior:
-            grids = [mesh_warp_grid(source.landmarks, lm, self.size) for lm in driving_landmarks]
+            grids = [self.prior_grid(source, lm, full_head) for lm in driving_landmarks]
             prior = torch.from_numpy(np.stack(grids)).to(self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with autocast:
             out = self.generator(src, ls, ld, source.identity.expand(n, -1), prior_grid=prior)
-        return to_uint8(out.image)
+        grid = out.grid.float().cpu().numpy()
+        residual = None
+        if out.residual is not None:
+            res = out.residual.float()
+            if float(res.abs().max()) > 0:
+                residual = res.permute(0, 2, 3, 1).cpu().numpy()
+        return grid, residual
+
+    def generate(
+        self, source: SourceFace, driving_landmarks: list[np.ndarray], size: int | None = None, full_head: bool = True
+    ) -> np.ndarray:
+        """Generate ``len(driving_landmarks)`` face crops (uint8 ``B×N×N×3``, N = ``size`` or the
+        working size) for landmarks in working-size crop pixels, sampled from the photo at N²."""
+        grids, residuals = self.motion(source, driving_landmarks, full_head)
+        n = size or self.size
+        face = source.face_at(n)
+        return np.stack([
+            render_crop(face, g, None if residuals is None else residuals[i]) for i, g in enumerate(grids)
+        ])
 
     def animate(
         self,
@@ -269,25 +338,35 @@ class MetaPortraitPipeline:
         on_frame: Callable[[int], None] | None = None,
         fps: float = 25.0,
     ) -> Iterator[np.ndarray]:
-        """Stream output frames (uint8): the 256² crop, or the photo with the face pasted back."""
+        """Stream output frames (uint8): the face crop at ``options.size`` (default: 512² when the photo
+        has the pixels), or the whole photo at its own resolution with the head moved."""
         stats = {} if stats is None else stats
         reference: np.ndarray | None = None
         pending: list[np.ndarray | None] = []
         missed = 0
 
+        size = output_size(source.crop, options.size, self.size)
+
         def flush() -> Iterator[np.ndarray]:
             targets = [lm for lm in pending if lm is not None]
             t0 = time.perf_counter()
-            generated = iter(self.generate(source, targets)) if targets else iter(())
+            grids, residuals = self.motion(source, targets, options.full_head) if targets else (None, None)
             stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t0
+            k = 0
             for lm in pending:
-                face = next(generated) if lm is not None else source.face
-                if options.paste_back:
-                    frame = source.crop.paste_back(source.image, face)
+                t1 = time.perf_counter()
+                if lm is None:
+                    frame = source.image if options.paste_back else source.face_at(size)
                 else:
-                    frame = face
+                    res = None if residuals is None else residuals[k]
+                    if options.paste_back:
+                        frame = render_into_photo(source.image, source.crop, grids[k], res)
+                    else:
+                        frame = render_crop(source.face_at(size), grids[k], res)
+                    k += 1
                 if options.visible_label:
                     frame = add_visible_label(frame)
+                stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t1
                 yield frame
             pending.clear()
 
@@ -299,7 +378,8 @@ class MetaPortraitPipeline:
             else:
                 if reference is None:
                     reference = lm
-                pending.append(transfer_landmarks(source.landmarks, lm, reference, mode=options.mode).astype(np.float32))
+                target = transfer_landmarks(source.landmarks, lm, reference, mode=options.mode)
+                pending.append(irises_inside_eyelids(target))
             if len(pending) >= options.batch_size:
                 for frame in flush():
                     count += 1

@@ -49,6 +49,9 @@ class MethodScores:
     expression_error: float = float("nan")
     pose_error: float = float("nan")
     e_warp: float = float("nan")
+    detail: float = float("nan")
+    eye_r: float = float("nan")
+    mouth_r: float = float("nan")
     face_missed: float = float("nan")
     frames: int = 0
     ms_per_frame: float = float("nan")
@@ -71,19 +74,23 @@ class EvaluationReport:
         )
 
     def to_markdown(self) -> str:
-        head = ("| protocol | method | PSNR ↑ | SSIM ↑ | L1 ↓ | CSIM ↑ | LMK err ↓ | expr err ↓ | pose err ↓ "
-                "| E_warp ↓ | no face ↓ | ms/frame | frames |")
-        lines = [head, "|" + "---|" * 13]
+        head = ("| protocol | method | PSNR ↑ | SSIM ↑ | L1 ↓ | detail → 1 | CSIM ↑ | LMK err ↓ | expr err ↓ "
+                "| pose err ↓ | eye r ↑ | mouth r ↑ | E_warp ↓ | no face ↓ | ms/frame | frames |")
+        lines = [head, "|" + "---|" * 16]
         for s in self.scores:
             def f(v, p=4):
                 return "–" if isinstance(v, float) and math.isnan(v) else f"{v:.{p}f}"
 
             lines.append(
-                f"| {s.protocol} | {s.method} | {f(s.psnr, 2)} | {f(s.ssim)} | {f(s.l1)} | {f(s.csim)} "
-                f"| {f(s.landmark_error)} | {f(s.expression_error)} | {f(s.pose_error)} | {f(s.e_warp)} "
+                f"| {s.protocol} | {s.method} | {f(s.psnr, 2)} | {f(s.ssim)} | {f(s.l1)} | {f(s.detail, 3)} | {f(s.csim)} "
+                f"| {f(s.landmark_error)} | {f(s.expression_error)} | {f(s.pose_error)} | {f(s.eye_r, 3)} "
+                f"| {f(s.mouth_r, 3)} | {f(s.e_warp)} "
                 f"| {f(s.face_missed, 3)} | {f(s.ms_per_frame, 1)} | {s.frames} |"
             )
         lines.append("")
+        lines.append("detail: mean Sobel gradient magnitude in the face box, output / truth (cross-identity: / source);")
+        lines.append("eye r / mouth r: Pearson correlation of the eye / mouth opening detected on the output with the")
+        lines.append("target's, per clip, averaged over clips whose target opening varies (eye: a blink).")
         lines.append("FID and LPIPS: not computed (their Inception/AlexNet weights do not ship offline).")
         return "\n".join(lines)
 
@@ -112,6 +119,63 @@ def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     rot = u @ np.diag(d) @ vt
     scale = (sig * d).sum() / max(s0.var(0).sum(), 1e-12)
     return (scale * (rot @ s0.T)).T + mu_d
+
+
+def face_box(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Integer box ``(x0, y0, x1, y1)`` of the landmarks' extent, clipped to an image of ``shape``."""
+    lo = np.floor(np.asarray(landmarks)[:, :2].min(0)).astype(int)
+    hi = np.ceil(np.asarray(landmarks)[:, :2].max(0)).astype(int)
+    h, w = shape[:2]
+    return (int(np.clip(lo[0], 0, w)), int(np.clip(lo[1], 0, h)), int(np.clip(hi[0], 0, w)), int(np.clip(hi[1], 0, h)))
+
+
+def sobel_detail(image: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Mean Sobel gradient magnitude of the grey image inside ``box`` (fine detail: skin texture,
+    eyelashes, hair strands; blur lowers it)."""
+    import cv2
+
+    x0, y0, x1, y1 = box
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    mag = np.sqrt(gx * gx + gy * gy)[y0:y1, x0:x1]
+    return float(mag.mean()) if mag.size else float("nan")
+
+
+def detail_ratio(output: np.ndarray, truth: np.ndarray, landmarks: np.ndarray) -> float:
+    """Fine detail kept: ``sobel_detail(output) / sobel_detail(truth)`` in the face box of
+    ``landmarks`` (1 = as sharp as the truth; a blurred face scores well below 1)."""
+    if output.shape != truth.shape:
+        raise ValueError(f"output and truth differ in shape: {output.shape} vs {truth.shape}")
+    box = face_box(landmarks, output.shape)
+    ref = sobel_detail(truth, box)
+    return sobel_detail(output, box) / ref if ref > 0 else float("nan")
+
+
+def eye_opening(landmarks: np.ndarray) -> float:
+    """Mean lid gap (159-145, 386-374) over eye width (33-133, 362-263) of both eyes."""
+    lm = np.asarray(landmarks)[:, :2]
+    left = np.linalg.norm(lm[159] - lm[145]) / max(np.linalg.norm(lm[33] - lm[133]), 1e-6)
+    right = np.linalg.norm(lm[386] - lm[374]) / max(np.linalg.norm(lm[362] - lm[263]), 1e-6)
+    return float((left + right) / 2)
+
+
+def mouth_opening(landmarks: np.ndarray) -> float:
+    """Inner-lip gap (13-14) over mouth width (61-291)."""
+    lm = np.asarray(landmarks)[:, :2]
+    return float(np.linalg.norm(lm[13] - lm[14]) / max(np.linalg.norm(lm[61] - lm[291]), 1e-6))
+
+
+def opening_correlation(target: Sequence[float], output: Sequence[float], min_range: float) -> float:
+    """Pearson r of two opening series (NaN where the output had no face is dropped); NaN when the
+    target varies by less than ``min_range`` × its median (nothing to follow)."""
+    t = np.asarray(target, np.float64)
+    o = np.asarray(output, np.float64)
+    ok = np.isfinite(t) & np.isfinite(o)
+    t, o = t[ok], o[ok]
+    if len(t) < 3 or np.ptp(t) < min_range * max(np.median(t), 1e-6) or np.std(o) == 0:
+        return float("nan")
+    return float(np.corrcoef(t, o)[0, 1])
 
 
 def interocular(landmarks: np.ndarray) -> float:
@@ -154,12 +218,21 @@ def mesh_warp_blurred(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(img, (0, 0), sigma) for img in mesh_warp(pipe, source, targets)])
 
 
+def head_mesh_warp(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
+    """The full-head mesh (face + hair/ears/neck rings + still border) alone, no network: the
+    geometry the model's warping network starts from."""
+    from metaportrait.render import render_crop
+
+    return np.stack([render_crop(source.face, pipe.prior_grid(source, t)) for t in targets])
+
+
 def model(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
     return pipe.generate(source, targets)
 
 
 METHODS: dict[str, Callable] = {"no motion": no_motion, "mesh warp": mesh_warp,
-                                "mesh warp + blur": mesh_warp_blurred, "model": model}
+                                "mesh warp + blur": mesh_warp_blurred, "head mesh warp": head_mesh_warp,
+                                "model": model}
 
 
 # ---------------------------------------------------------------------------- protocol
@@ -171,7 +244,7 @@ class EvalSettings:
     frame_stride: int = 2
     batch_size: int = 8
     cross_identity: bool = True
-    methods: tuple[str, ...] = ("no motion", "mesh warp", "mesh warp + blur", "model")
+    methods: tuple[str, ...] = ("no motion", "mesh warp", "mesh warp + blur", "head mesh warp", "model")
 
 
 def _load_manifest(data_dir: Path) -> dict:
@@ -299,10 +372,20 @@ def _score(pipe, analyzer, acc, source, outs: np.ndarray, targets: Sequence[np.n
         if lm is not None:
             total, expr, pose = landmark_errors(lm, tgt)
             acc.add(landmark_error=total, expression_error=expr, pose_error=pose)
+    nan = float("nan")
+    acc.add(
+        eye_r=opening_correlation([eye_opening(t) for t in targets],
+                                  [eye_opening(lm) if lm is not None else nan for lm in out_lms], 0.5),
+        mouth_r=opening_correlation([mouth_opening(t) for t in targets],
+                                    [mouth_opening(lm) if lm is not None else nan for lm in out_lms], 0.5),
+    )
     if gts is not None:
-        for img, gt in zip(outs, gts):
-            acc.add(psnr=psnr(img, gt), ssim=ssim(img, gt),
+        for img, gt, tgt in zip(outs, gts, targets):
+            acc.add(psnr=psnr(img, gt), ssim=ssim(img, gt), detail=detail_ratio(img, gt, tgt),
                     l1=float(np.abs(img.astype(np.float32) - gt.astype(np.float32)).mean() / 255.0))
+    else:
+        for img in outs:
+            acc.add(detail=detail_ratio(img, source.face, source.landmarks))
     for c in _csim(pipe, source, outs, out_lms):
         acc.add(csim=c)
 

@@ -30,17 +30,28 @@ class OneEuroFilter:
 
     ``min_cutoff`` (Hz) sets the smoothing of a still signal, ``beta`` (Hz per unit/s) how fast
     the cutoff grows with speed, ``d_cutoff`` (Hz) the smoothing of the speed estimate. For raw
-    pixel coordinates, ``beta`` is per pixel/s.
+    pixel coordinates, ``beta`` is per pixel/s. ``min_cutoff`` and ``beta`` may be arrays that
+    broadcast to the samples (e.g. ``N×1`` for per-landmark settings: a blink lasts 100-150 ms,
+    which a 1.5 Hz cutoff smooths away, while a still forehead wants the low cutoff).
     """
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, d_cutoff: float = 1.0) -> None:
-        for name, v in (("min_cutoff", min_cutoff), ("d_cutoff", d_cutoff)):
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be > 0, got {v!r}")
-        if not (math.isfinite(beta) and beta >= 0):
+    def __init__(
+        self,
+        min_cutoff: float | np.ndarray = 1.0,
+        beta: float | np.ndarray = 0.05,
+        d_cutoff: float = 1.0,
+    ) -> None:
+        mc = np.asarray(min_cutoff, dtype=np.float64)
+        bt = np.asarray(beta, dtype=np.float64)
+        if not (np.all(np.isfinite(mc)) and np.all(mc > 0)):
+            raise ValueError(f"min_cutoff must be > 0, got {min_cutoff!r}")
+        if not (math.isfinite(d_cutoff) and d_cutoff > 0):
+            raise ValueError(f"d_cutoff must be > 0, got {d_cutoff!r}")
+        if not (np.all(np.isfinite(bt)) and np.all(bt >= 0)):
             raise ValueError(f"beta must be ≥ 0, got {beta!r}")
-        self.min_cutoff = float(min_cutoff)
-        self.beta = float(beta)
+        # scalars, or arrays broadcastable to the samples (per-landmark settings, e.g. faster eyes)
+        self.min_cutoff = float(mc) if mc.ndim == 0 else mc
+        self.beta = float(bt) if bt.ndim == 0 else bt
         self.d_cutoff = float(d_cutoff)
         self.reset()
 

@@ -91,6 +91,8 @@ class GeneratorOutput:
         occlusion: ``B×1×H×W`` visibility in [0, 1].
         motion_code: ``B×motion_dim`` motion code z_w.
         masks: fusion masks of the refinement network (empty for stage == "warp").
+        residual: ``B×3×H×W`` what the refinement network draws beyond the warped source (zero for
+            stage == "warp"; see :class:`~metaportrait.models.refinement_network.RefinementOutput`).
     """
 
     image: torch.Tensor
@@ -100,6 +102,7 @@ class GeneratorOutput:
     occlusion: torch.Tensor
     motion_code: torch.Tensor
     masks: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    residual: torch.Tensor | None = None
 
 
 class MetaPortraitGenerator(HubModel, tags=["generator"]):
@@ -140,11 +143,12 @@ class MetaPortraitGenerator(HubModel, tags=["generator"]):
         warp = self.warping(source, source_landmarks, driving_landmarks, prior_grid)
         if stage == "warp":
             image, masks = warp.warped, []
+            residual = torch.zeros_like(warp.warped, dtype=torch.float32)
         elif stage == "full":
             if identity is None:
                 raise ValueError("MetaPortraitGenerator: identity is required when stage == 'full'")
             ref = self.refinement(source, warp, identity, driving_landmarks)
-            image, masks = ref.image, ref.masks
+            image, masks, residual = ref.image, ref.masks, ref.residual
         else:
             raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
         return GeneratorOutput(
@@ -155,6 +159,7 @@ class MetaPortraitGenerator(HubModel, tags=["generator"]):
             occlusion=warp.occlusion,
             motion_code=warp.motion_code,
             masks=masks,
+            residual=residual,
         )
 
 

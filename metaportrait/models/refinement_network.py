@@ -128,11 +128,16 @@ class RefinementOutput:
         masks: the fusion masks M of every fusion normalisation, coarse to fine, each ``B×1×h×w``.
         blend_weights: ``B×(1+K)×H×W`` softmax weights of Ĩ_s and its K blurs (``output_mode="blend"``;
             None otherwise).
+        residual: ``B×3×H×W`` what the network draws beyond the warped source: ``image − Ĩ_s`` for
+            ``"residual"``/``"direct"``, the bounded residual ``2·tanh(Conv(h))`` alone for
+            ``"blend"`` (its blur mixture is not content; zero without a residual head). The
+            full-resolution renderer adds it, upsampled, where it has content.
     """
 
     image: torch.Tensor
     masks: list[torch.Tensor]
     blend_weights: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
 
 
 class RefinementNetwork(HubModel, tags=["refinement-network"]):
@@ -263,7 +268,11 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
             image = torch.tanh(raw)
         else:
             raise ValueError(f"unknown output_mode {cfg.output_mode!r}")
-        return RefinementOutput(image=image, masks=masks, blend_weights=weights)
+        if cfg.output_mode == "blend":
+            residual = (2 * torch.tanh(raw.float())) if raw is not None else torch.zeros_like(warp.warped, dtype=torch.float32)
+        else:
+            residual = image.float() - warp.warped.float()
+        return RefinementOutput(image=image, masks=masks, blend_weights=weights, residual=residual)
 
 
 __all__ = ["RefinementConfig", "RefinementNetwork", "RefinementOutput"]
