@@ -223,7 +223,8 @@ def build_demo() -> gr.Blocks:
                         ["relative", "absolute"], value="relative", label="Motion transfer",
                         info="relative: another person drives (keeps the source's face shape); absolute: same person",
                     )
-                    paste_back = gr.Checkbox(label="Paste the face back into the full photo", value=False)
+                    paste_back = gr.Checkbox(label="Whole photo at its own resolution (else the face crop, 512² when the photo has the pixels)",
+                                             value=False)
                     use_personal = gr.Checkbox(label="Use my personalized model (from the personalization tab)",
                                                value=False)
                     run = gr.Button("Animate", variant="primary")

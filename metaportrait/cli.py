@@ -25,6 +25,8 @@ def _reenact(args: argparse.Namespace) -> int:
         visible_label=not args.no_visible_label,
         batch_size=args.batch_size,
         max_seconds=args.max_seconds,
+        size=None if args.size == "auto" else int(args.size),
+        full_head=not args.face_only,
     )
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter)
     bar = tqdm(total=0, unit="frame", desc="reenact", disable=args.quiet)
@@ -56,7 +58,12 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", default=None, help="personalization adapter folder (metaportrait personalize)")
     p.add_argument("--mode", choices=["absolute", "relative"], default="relative",
                    help="absolute: same person; relative: cross-identity (default)")
-    p.add_argument("--paste-back", action="store_true", help="paste the face back into the full photo")
+    p.add_argument("--paste-back", action="store_true",
+                   help="write the whole photo at its own resolution with the head moved (else the face crop)")
+    p.add_argument("--size", choices=["auto", "256", "512", "1024"], default="auto",
+                   help="face-crop output side (auto: 512 when the photo has ≥ 512 px across the crop, else 256)")
+    p.add_argument("--face-only", action="store_true",
+                   help="move only the face mesh (hair, ears and neck stay still; the older geometry)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--max-seconds", type=float, default=None, help="use only the first N seconds of the driving video")
     p.add_argument("--batch-size", type=int, default=8)

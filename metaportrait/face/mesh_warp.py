@@ -164,7 +164,7 @@ def mesh_warp_map(
         # a triangle squeezed to a sliver (a closing eyelid, lips pressed together) would smear
         # its whole source triangle over a line of pixels: leave it out and let the neighbouring
         # triangles (the lids, the lips) extend over those pixels
-        kept = np.abs(a_d) >= _SLIVER * np.abs(a_s)
+        kept = (np.abs(a_d) >= _SLIVER * np.abs(a_s)) | (np.abs(a_d) >= 4.0)  # 2 px² at the frame's scale
         order = np.nonzero(kept)[0][np.argsort(front[kept], kind="stable")]  # back-facing first
         ids = _rasterise_simplices(simplices[order], drv_all, width / ow, height / oh, ow, oh)
         ids = _fill_missing(ids)
