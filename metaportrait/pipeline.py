@@ -42,7 +42,7 @@ from metaportrait.face import (
     transfer_landmarks,
 )
 from metaportrait.face.motion import irises_inside_eyelids
-from metaportrait.face.head_mesh import HeadRings, head_mesh, head_points, silhouette_factors
+from metaportrait.face.head_mesh import HeadRings, head_points, head_warp_grid, silhouette_factors
 from metaportrait.face.mesh_warp import source_triangles
 from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE, MOUTH_INNER, MOUTH_OUTER
 from metaportrait.face.segmentation import person_mask
@@ -287,9 +287,7 @@ class MetaPortraitPipeline:
         """Working-size mesh-warp grid ``S×S×2`` moving the source onto ``target`` landmarks: the
         full-head mesh (face + hair/ears/neck rings + still border) or the face mesh alone."""
         if full_head and source.rings is not None:
-            src_all, drv_all = head_mesh(source.landmarks, target, source.rings, self.size, self.size,
-                                         triangles=source.triangles)
-            return mesh_warp_grid(src_all, drv_all, self.size, triangles=source.triangles)
+            return head_warp_grid(source.landmarks, target, source.rings, self.size, triangles=source.triangles)
         return mesh_warp_grid(source.landmarks, target, self.size)
 
     @torch.inference_mode()

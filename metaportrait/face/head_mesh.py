@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metaportrait.face.mesh_warp import _border_anchors, signed_areas, source_triangles
+import cv2
+
+from metaportrait.face.mesh_warp import _border_anchors, mesh_warp_grid, signed_areas, source_triangles
 from metaportrait.face.motion import STABLE_POINTS, _umeyama
 from metaportrait.face.regions import FACE_OVAL
 
@@ -229,6 +231,29 @@ def _wrap(a: np.ndarray) -> np.ndarray:
     return (a + np.pi) % (2 * np.pi) - np.pi
 
 
+def _unfold_outline(drv: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The target landmarks with each face-outline point pushed out along its ray to enclose every
+    other landmark of its angular sector.
+
+    On a turn the far side's outline goes behind the cheek in the image, and the cheek points
+    become the silhouette: left there, the thin triangles between outline and cheek fold over
+    each other along the edge (a saw-tooth). Pushed out, the outline stays the outline and the
+    hidden skin between it and the cheek is compressed instead.
+    """
+    out = drv.copy()
+    ang_o, rad_o = _polar(drv[_OVAL], centre)
+    inner = np.ones(len(drv), bool)
+    inner[_OVAL] = False
+    ang_f, rad_f = _polar(drv[inner], centre)
+    gaps = np.abs(_wrap(np.diff(np.r_[ang_o, ang_o[:1]])))
+    half = 0.5 * np.maximum(gaps, np.roll(gaps, 1))
+    near = np.abs(_wrap(ang_f[None, :] - ang_o[:, None])) <= half[:, None]
+    sector_max = np.where(near, rad_f[None, :], 0.0).max(1)
+    rad = np.maximum(rad_o, 1.01 * sector_max)
+    out[_OVAL] = centre + rad[:, None] * np.stack([np.cos(ang_o), np.sin(ang_o)], 1)
+    return out
+
+
 def head_mesh(
     src_landmarks: np.ndarray,
     drv_landmarks: np.ndarray,
@@ -271,6 +296,7 @@ def head_mesh(
     s, r, t = rigid_head_motion(src, drv)
     c_src = src[_OVAL].mean(0)
     c_drv = s * r @ c_src + t
+    drv = _unfold_outline(drv, c_drv)
     rigid = s * p @ r.T + t
     follow = p + (drv[rings.oval] - src[rings.oval])
     weight = rings.rigid.copy()
@@ -392,7 +418,44 @@ def _relax(
     return src_all, drv_all
 
 
+SMOOTH_SIGMA = 5.0
+"""Gaussian σ (pixels at 256²) of the smoothing of the motion outside the face."""
+
+
+def head_warp_grid(
+    src_landmarks: np.ndarray,
+    drv_landmarks: np.ndarray,
+    rings: HeadRings,
+    size: int,
+    triangles: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sampling grid ``size×size×2`` (grid_sample, align_corners=False) of the full-head mesh warp.
+
+    Inside the face outline it is the piecewise-affine warp of the dense landmarks. Outside, where a
+    few thin triangles between the outline and the rings carry a large stretch (the cheek sliding
+    over the background on a turn), a piecewise-affine map bends a straight hair or cheek edge at
+    every triangle (a saw-tooth); there the motion is Gaussian-smoothed (σ = 5 px at 256²),
+    blended in over a feathered band just inside the outline.
+    """
+    src_all, drv_all = head_mesh(src_landmarks, drv_landmarks, rings, size, size, triangles=triangles)
+    grid = mesh_warp_grid(src_all, drv_all, size, triangles=triangles)
+    lin = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
+    ident = np.stack(np.meshgrid(lin, lin), axis=-1)
+    disp = grid - ident
+    sigma = SMOOTH_SIGMA * size / 256.0
+    smooth = cv2.GaussianBlur(disp, (0, 0), sigma)
+    inner = max(1, int(round(3 * size / 256.0)))
+    mask = np.zeros((size, size), np.float32)
+    outline = np.rint((drv_all[_OVAL] - 0.5) * 16).astype(np.int32)
+    cv2.fillPoly(mask, [outline], 1.0, cv2.LINE_AA, 4)
+    mask = cv2.GaussianBlur(cv2.erode(mask, np.ones((2 * inner + 1, 2 * inner + 1), np.uint8)), (0, 0), inner)
+    m = mask[..., None]
+    return (ident + m * disp + (1.0 - m) * smooth).astype(np.float32)
+
+
 __all__ = [
+    "SMOOTH_SIGMA",
+    "head_warp_grid",
     "EXTENSION_SIZE",
     "HeadRings",
     "flipped_triangles",
