@@ -272,7 +272,7 @@ def test_meta_learning_smoke_checkpoint_and_exact_resume(prepared, tmp_path):
         assert all(np.isfinite(v) for v in h.values())
         assert {"loss_g", "loss_d", "loss_mch", "loss_fm", "loss_adv", "loss_content"} <= set(h)
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000002"
-    assert (ckpt / "trainer_state.json").is_file()
+    assert (ckpt / "state.json").is_file()
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
     out = tmp_path / "run"
     e = Embedder.from_pretrained(out / "embedder", strict=True)

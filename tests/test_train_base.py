@@ -56,6 +56,35 @@ def test_both_stages_checkpoint_resume_and_load(prepared_data, tiny256_config, t
     for step in (3, 4):
         assert losses_b[step] == pytest.approx(losses_a[step], rel=1e-5, abs=1e-6), (step, losses_a, losses_b)
 
+    # losses.jsonl is cut back to the resumed step: resuming A itself from step 2 repeats no step
+    shutil.rmtree(run_a / "checkpoints" / "step_00000004")
+    train(_config(prepared, tiny256, run_a))
+    assert [json.loads(line)["step"] for line in (run_a / "losses.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+    # a pickle planted in a checkpoint folder never runs: export (through the real CLI) and resume refuse it
+    import dataclasses
+    import pickle
+
+    from metaportrait.cli import main as cli_main
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    planted = tmp_path / "planted" / "checkpoints" / "step_00000002"
+    shutil.copytree(run_a / "checkpoints" / "step_00000002", planted)
+    (planted / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps(Payload()))
+    cfg_file = tmp_path / "cfg.json"
+    cfg = dataclasses.asdict(_config(prepared, tiny256, tmp_path / "planted"))
+    cfg_file.write_text(json.dumps(cfg))
+    assert cli_main(["train-base", "--config", str(cfg_file), "--export", str(planted),
+                     "--export-to", str(tmp_path / "exp")]) == 2
+    from metaportrait.errors import UnsafeCheckpointError
+
+    with pytest.raises(UnsafeCheckpointError, match="pickle"):
+        train(_config(prepared, tiny256, tmp_path / "planted"))
+    assert not (tmp_path / "pwned").exists()
+
     # the final folder is a pipeline folder that loads strictly and animates a real face
     pipe = MetaPortraitPipeline.from_pretrained(final, device="cpu")
     src = pipe.prepare_source(EXAMPLES / "astronaut.jpg")
@@ -92,9 +121,11 @@ def test_blend_recipe_ships_a_zero_residual_head(option, prepared_data, tmp_path
         assert model.refinement.head.weight.abs().max() == 0 and model.refinement.head.bias.abs().max() == 0
         assert model.refinement.blend_head.weight.abs().max() > 0
     # the checkpoint's (EMA) head: trained under zero_at_export, untouched zeros under frozen_modules
-    ema = torch.load(tmp_path / "run" / "checkpoints" / "step_00000003" / "custom_checkpoint_0.pkl", weights_only=False)
+    from safetensors.torch import load_file
+
+    ema = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000003" / "ema.safetensors"))
     names = [n for n, _ in model.named_parameters()]
-    head = ema["shadow_params"][names.index("refinement.head.weight")]
+    head = ema[f"shadow.{names.index('refinement.head.weight'):05d}"]
     assert (float(head.abs().max()) > 0) == (option == "zero_at_export")
     with pytest.raises(ValueError, match="refinement.hed"):
         train(BaseTrainConfig(data_dir=str(prepared_data), output_dir=str(tmp_path / "bad"), preset=str(preset),

@@ -42,7 +42,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 import typing
 from collections.abc import Sequence
@@ -63,6 +62,7 @@ from metaportrait.models.fewshot import (
     ProjectionDiscriminator,
     ProjectionDiscriminatorConfig,
 )
+from metaportrait.training.checkpoint import complete_checkpoints, load_checkpoint, rotate_checkpoints, save_checkpoint
 from metaportrait.training.losses import (
     PerceptualLoss,
     discriminator_loss,
@@ -125,7 +125,7 @@ class FewShotTrainConfig:
 
     ``preset`` picks the E/G/D presets (``paper`` 256², ``demo`` 128², ``tiny`` 64²); frames are
     resized to that resolution. ``frames_per_episode`` is K (8 in the paper). ``checkpoint_every``
-    steps an ``accelerate`` state is written to ``output_dir/checkpoints/step_<8-digit step>`` (the last
+    steps a checkpoint (safetensors + JSON) is written to ``output_dir/checkpoints/step_<8-digit step>`` (the last
     ``keep_checkpoints`` are kept); at the end E, G, D go to ``output_dir/{embedder,generator,
     discriminator}`` with ``save_pretrained``.
     """
@@ -449,12 +449,7 @@ class TrainResult:
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
-    root = output_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    return complete_checkpoints(output_dir / "checkpoints", CHECKPOINT_PREFIX)
 
 
 def _hparams(config: FewShotTrainConfig) -> dict[str, Any]:
@@ -502,6 +497,12 @@ def train_fewshot(config: FewShotTrainConfig, *, resume: str | Path | None = Non
     embedder, generator, discriminator, opt_g, opt_d = accelerator.prepare(embedder, generator, discriminator, opt_g, opt_d)
     d_plain: ProjectionDiscriminator = accelerator.unwrap_model(discriminator)
 
+    parts = {
+        "models": {"embedder": accelerator.unwrap_model(embedder), "generator": accelerator.unwrap_model(generator),
+                   "discriminator": d_plain},
+        "optimizers": {"generator": opt_g, "discriminator": opt_d},
+        "scaler": accelerator.scaler,
+    }
     start_step = 0
     if resume is not None:
         ckpt: Path | None
@@ -510,11 +511,8 @@ def train_fewshot(config: FewShotTrainConfig, *, resume: str | Path | None = Non
             ckpt = found[-1] if found else None
         else:
             ckpt = Path(resume)
-            if not (ckpt / "trainer_state.json").is_file():
-                raise FileNotFoundError(f"{ckpt} is not a few-shot training checkpoint (no trainer_state.json)")
         if ckpt is not None:
-            accelerator.load_state(str(ckpt))
-            start_step = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+            start_step = int(load_checkpoint(ckpt, process_index=accelerator.process_index, **parts)["step"])
             logger.info("resumed from %s at step %d", ckpt, start_step)
 
     if accelerator.is_main_process:
@@ -539,7 +537,7 @@ def train_fewshot(config: FewShotTrainConfig, *, resume: str | Path | None = Non
         if step % config.log_every == 0 or step == config.steps:
             accelerator.log(scalars, step=step)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_checkpoint(accelerator, output_dir, step, config.keep_checkpoints)
+            _save_checkpoint(accelerator, parts, output_dir, step, config.keep_checkpoints)
     seconds = (time.perf_counter() - t_start) / max(1, len(history))
 
     accelerator.wait_for_everyone()
@@ -612,13 +610,13 @@ def _meta_step(ep: Episode, embedder: nn.Module, generator: nn.Module, discrimin
     return scalars
 
 
-def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, keep: int) -> None:
+def _save_checkpoint(accelerator: Any, parts: dict, output_dir: Path, step: int, keep: int) -> None:
     path = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
-    accelerator.save_state(str(path))
+    save_checkpoint(path, state={"step": step}, process_index=accelerator.process_index,
+                    is_main_process=accelerator.is_main_process, **parts)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (path / "trainer_state.json").write_text(json.dumps({"step": step}))
-        for old in _checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        rotate_checkpoints(output_dir / "checkpoints", keep, CHECKPOINT_PREFIX)
     accelerator.wait_for_everyone()
 
 

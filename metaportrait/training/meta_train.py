@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from metaportrait.errors import CheckpointError
+from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint, truncate_log
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def meta_train(config: MetaTrainConfig) -> Path:
     out = Path(config.output_dir)
     ckpt_dir = out / "checkpoints"
     torch.manual_seed(config.seed)
-    latest = _latest(ckpt_dir)
+    latest = latest_checkpoint(ckpt_dir)
     generator = load_generator(latest / "generator" if latest else config.init_from)
     generator.train()
     encoder = load_identity_encoder(None)
@@ -105,10 +107,15 @@ def meta_train(config: MetaTrainConfig) -> Path:
                                                seed=config.seed))
     step, seconds = 0, 0.0
     if latest is not None:
-        state = torch.load(latest / "reptile.pt", weights_only=True)
-        reptile.load_state_dict(state["reptile"])
+        state = load_checkpoint(latest, models={}, optimizers={"outer": reptile.outer_optimizer})
+        if list(state["param_names"]) != reptile.param_names:
+            raise CheckpointError(f"{latest}: saved for other trainable parameters "
+                                  f"({len(state['param_names'])} vs {len(reptile.param_names)})")
+        reptile.step = int(state["reptile_step"])
+        reptile.generator.set_state(state["tensors"]["task_rng"])
         step, seconds = int(state["step"]), float(state["seconds"])
         print(f"resumed from {latest} at outer step {step}")
+    truncate_log(out / "losses.jsonl", step)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
@@ -147,19 +154,16 @@ def meta_train(config: MetaTrainConfig) -> Path:
     return final
 
 
-def _latest(ckpt_dir: Path) -> Path | None:
-    done = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name[5:]))
-    return done[-1] if done else None
-
-
 def _save_checkpoint(ckpt_dir: Path, step: int, seconds: float, generator, reptile, keep: int) -> None:
+    """The meta-learned weights (``generator/``, a Hub folder) + the outer optimiser, counters and
+    task RNG (safetensors + JSON; ``DONE`` last)."""
     path = ckpt_dir / f"step_{step:08d}"
     generator.save_pretrained(path / "generator")
-    torch.save({"reptile": reptile.state_dict(), "step": step, "seconds": seconds}, path / "reptile.pt")
-    (path / "DONE").write_text(str(step))
-    done = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name[5:]))
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    save_checkpoint(path, models={}, optimizers={"outer": reptile.outer_optimizer},
+                    state={"step": step, "seconds": seconds, "reptile_step": reptile.step,
+                           "param_names": list(reptile.param_names), "config": reptile.config.to_dict()},
+                    tensors={"task_rng": reptile.generator.get_state()})
+    rotate_checkpoints(ckpt_dir, keep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,7 @@ refinement together (``stage="full"``: all terms, warp learning rate ×0.1 as th
 The objective is L = L_w^VGG + λ_r L_r^VGG + λ_id L_id + λ_eye L_eye + λ_mouth L_mouth + λ_adv L_adv.
 
 Accelerate gives mixed precision (bf16/fp16), gradient accumulation, multi-GPU
-(``accelerate launch -m metaportrait.cli train-base --config ...``) and ``save_state`` checkpoints
+(``accelerate launch -m metaportrait.cli train-base --config ...``) and checkpoints (safetensors + JSON, never pickles)
 that resume exactly (batches are drawn from an RNG seeded by (seed, step, process), and RNG
 states are part of the checkpoint). EMA of the generator (diffusers ``EMAModel``), LR schedule
 (diffusers ``get_scheduler``), TensorBoard scalars and image grids (source | driving | warped |
@@ -30,6 +30,15 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from metaportrait.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_ema,
+    rotate_checkpoints,
+    save_checkpoint,
+    truncate_log,
+)
 
 logger = logging.getLogger("metaportrait.train_base")
 
@@ -124,7 +133,7 @@ class BaseTrainConfig:
 
 @dataclass
 class TrainState:
-    """Counters saved with every checkpoint (registered with ``accelerator.register_for_checkpointing``)."""
+    """Counters saved with every checkpoint (``state.json``)."""
 
     step: int = 0
     skipped_nonfinite: int = 0
@@ -145,13 +154,6 @@ def parameter_summary(modules: dict[str, torch.nn.Module]) -> str:
         train = sum(p.numel() for p in m.parameters() if p.requires_grad)
         lines.append(f"| {name} | {total / 1e6:.3f}M | {train / 1e6:.3f}M |")
     return "\n".join(lines)
-
-
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name.split("_")[1]))
-    return found[-1] if found else None
 
 
 class BatchSource:
@@ -249,13 +251,15 @@ def train(config: BaseTrainConfig) -> Path:
     ema = EMAModel(accelerator.unwrap_model(generator).parameters(), decay=config.ema_decay)
     ema.to(device)
     state = TrainState()
-    accelerator.register_for_checkpointing(ema, state)
+    ckpt = _CheckpointParts(accelerator, generator, disc, opt_g, opt_d if disc is not None else None, sched_g, ema)
 
     ckpt_dir = out / "checkpoints"
-    latest = _latest_checkpoint(ckpt_dir)
+    latest = latest_checkpoint(ckpt_dir)
     if latest is not None:
-        accelerator.load_state(str(latest))
+        state.load_state_dict(ckpt.load(latest))
         accelerator.print(f"resumed from {latest} at step {state.step}")
+    if accelerator.is_main_process:
+        truncate_log(out / "losses.jsonl", state.step)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -324,7 +328,7 @@ def train(config: BaseTrainConfig) -> Path:
             _log_images(accelerator, batch, out_g, state.step)
         budget_hit = config.max_seconds is not None and state.seconds >= config.max_seconds
         if state.step % config.checkpoint_every == 0 or state.step == config.total_steps or budget_hit:
-            _checkpoint(accelerator, ckpt_dir, state.step, config.keep_checkpoints)
+            _checkpoint(accelerator, ckpt, state, ckpt_dir, config.keep_checkpoints)
         if budget_hit:
             accelerator.print(f"wall-clock budget of {config.max_seconds:.0f}s reached at step {state.step}")
             break
@@ -387,16 +391,37 @@ def _stage_lr_scale(group: str, stage: str, joint_scale: float) -> float:
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def _checkpoint(accelerator, ckpt_dir: Path, step: int, keep: int) -> None:
-    path = ckpt_dir / f"step_{step:08d}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        (path / "DONE").write_text(str(step))
-        done = sorted((p for p in ckpt_dir.glob("step_*") if (p / "DONE").exists()), key=lambda p: int(p.name.split("_")[1]))
-        for old in done[:-keep]:
-            import shutil
+class _CheckpointParts:
+    """What a base-training checkpoint holds (safetensors + JSON, :mod:`metaportrait.training.checkpoint`)."""
 
-            shutil.rmtree(old, ignore_errors=True)
+    def __init__(self, accelerator, generator, disc, opt_g, opt_d, sched_g, ema) -> None:
+        self.accelerator = accelerator
+        self.models = {"generator": accelerator.unwrap_model(generator)}
+        self.optimizers = {"generator": opt_g}
+        if disc is not None:
+            self.models["discriminator"] = accelerator.unwrap_model(disc)
+            self.optimizers["discriminator"] = opt_d
+        self.schedulers = {"generator": sched_g}
+        self.ema = ema
+
+    def save(self, path: Path, state: TrainState) -> None:
+        save_checkpoint(path, models=self.models, optimizers=self.optimizers, schedulers=self.schedulers,
+                        ema=self.ema, state=state.state_dict(), scaler=self.accelerator.scaler,
+                        process_index=self.accelerator.process_index,
+                        is_main_process=self.accelerator.is_main_process)
+
+    def load(self, path: Path) -> dict:
+        return load_checkpoint(path, models=self.models, optimizers=self.optimizers, schedulers=self.schedulers,
+                               ema=self.ema, scaler=self.accelerator.scaler,
+                               process_index=self.accelerator.process_index)
+
+
+def _checkpoint(accelerator, parts: _CheckpointParts, state: TrainState, ckpt_dir: Path, keep: int) -> None:
+    path = ckpt_dir / f"step_{state.step:08d}"
+    parts.save(path, state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        rotate_checkpoints(ckpt_dir, keep)
 
 
 def _log_images(accelerator, batch, out_g, step: int) -> None:
@@ -408,7 +433,7 @@ def _log_images(accelerator, batch, out_g, step: int) -> None:
 
 
 def export_checkpoint(config: BaseTrainConfig, checkpoint: str | Path, output: str | Path) -> Path:
-    """Write the EMA generator of a ``save_state`` checkpoint as a pipeline folder (``output/base``)."""
+    """Write the EMA generator of a training checkpoint as a pipeline folder (``output/base``)."""
     from diffusers.training_utils import EMAModel
 
     from metaportrait.models.generator import GeneratorConfig, MetaPortraitGenerator, generator_config
@@ -422,13 +447,11 @@ def export_checkpoint(config: BaseTrainConfig, checkpoint: str | Path, output: s
     else:
         generator = MetaPortraitGenerator(generator_config(config.preset))
     ema = EMAModel(generator.parameters(), decay=config.ema_decay)
-    # our own checkpoint (written by accelerate.save_state): a pickled EMA state, trusted by construction
-    ema.load_state_dict(torch.load(checkpoint / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False))
+    state = load_ema(checkpoint, ema)  # safetensors + JSON only; refuses pickles
     ema.copy_to(generator.parameters())
     with _zeroed(generator, config.zero_at_export):
         generator.save_pretrained(output / "base")
     write_model_index(output, generator="base")
-    state = torch.load(checkpoint / "custom_checkpoint_1.pkl", map_location="cpu", weights_only=False)
     (output / "training.json").write_text(json.dumps({"steps": state.get("step"), "seconds": state.get("seconds"),
                                                       "checkpoint": str(checkpoint),
                                                       "config": dataclasses.asdict(config)}, indent=2))

@@ -13,7 +13,7 @@ L1 + perceptual loss, 3D kernels inflated from GFPGAN. Here:
   frozen SFace features);
 * Accelerate: mixed precision (``no``/``bf16``/``fp16``), gradient clipping, EMA of the trainable
   weights (diffusers ``EMAModel``), LR schedule (diffusers ``get_scheduler``), TensorBoard scalars,
-  ``accelerator.save_state`` checkpoints with exact resume, final ``save_pretrained`` (EMA weights);
+  checkpoints with exact resume (safetensors + JSON, never pickles), final ``save_pretrained`` (EMA weights);
 * the StyleGAN2 decoder is frozen or trained (``freeze_decoder``);
 * ``init_from``: a TemporalSuperResolution folder to start from (e.g. GFPGAN inflated by
   ``scripts/convert_gfpgan.py``); otherwise random initialisation.
@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import math
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metaportrait.models.hub import ModelConfig
 from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint
 from metaportrait.training.degradations import DegradationConfig, degrade_clip
 from metaportrait.training.prepare import crop_source_side
 
@@ -243,19 +243,11 @@ class SRTrainResult:
     checkpoints: list[Path]
 
 
-def _step_of(checkpoint: Path) -> int:
-    state = checkpoint / "train_state.json"
-    if not state.is_file():
-        raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no train_state.json)")
-    return int(json.loads(state.read_text())["step"])
-
-
 def _resolve_resume(config: SRTrainConfig, ckpt_root: Path) -> Path | None:
     if config.resume_from is None:
         return None
     if config.resume_from == "latest":
-        found = sorted(ckpt_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) if ckpt_root.is_dir() else []
-        return found[-1] if found else None
+        return latest_checkpoint(ckpt_root)
     path = Path(config.resume_from).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"resume_from {path} does not exist")
@@ -318,7 +310,8 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
     if config.use_ema:
         ema = EMAModel(params, decay=config.ema_decay)
         ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    parts = {"models": {"model": accelerator.unwrap_model(model)}, "optimizers": {"model": optimizer},
+             "schedulers": {"model": scheduler}, "ema": ema, "scaler": accelerator.scaler}
 
     perceptual = None
     if config.perceptual_network != "none" and config.perceptual_weight > 0:
@@ -329,8 +322,7 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
     start_step = 0
     resume = _resolve_resume(config, ckpt_root)
     if resume is not None:
-        accelerator.load_state(str(resume))
-        start_step = _step_of(resume)
+        start_step = int(load_checkpoint(resume, process_index=accelerator.process_index, **parts)["step"])
         logger.info("resumed from %s at step %d", resume, start_step)
 
     if accelerator.is_main_process:
@@ -374,14 +366,12 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
             accelerator.log(scalars, step=step)
         if step % config.checkpoint_every == 0 or step == config.num_steps:
             ckpt = ckpt_root / f"step_{step}"
-            accelerator.save_state(str(ckpt))
+            save_checkpoint(ckpt, state={"step": step}, process_index=accelerator.process_index,
+                            is_main_process=accelerator.is_main_process, **parts)
+            accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                (ckpt / "train_state.json").write_text(json.dumps({"step": step}))
                 checkpoints.append(ckpt)
-                if config.checkpoints_total_limit is not None:
-                    existing = sorted(ckpt_root.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-                    for old in existing[: max(0, len(existing) - config.checkpoints_total_limit)]:
-                        shutil.rmtree(old, ignore_errors=True)
+                rotate_checkpoints(ckpt_root, config.checkpoints_total_limit)
             accelerator.wait_for_everyone()
 
     final_dir = out_dir / "final"
