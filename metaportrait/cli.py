@@ -1,7 +1,8 @@
 """``metaportrait`` console entry point: one command, several subcommands.
 
 Each subcommand imports its module lazily, so ``metaportrait --help`` is fast. Errors of the
-package (bad input, missing weights) print one clear line and exit with status 2.
+package (bad input, missing weights), and OS or value errors, print one clear line and exit with
+status 2; ``--debug`` anywhere on the command line shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ def _reenact(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    result = pipe.reenact(args.source, args.driving, args.output, options, progress=progress)
-    bar.close()
+    try:
+        result = pipe.reenact(args.source, args.driving, args.output, options, progress=progress)
+    finally:
+        bar.close()  # before any error line, so the last thing a user sees is the error, not the bar
     t = result.timings
     print(
         f"wrote {result.output_path} ({result.num_frames} frames at {result.fps:g} fps"
         f"{', audio kept' if result.has_audio else ''}); "
         f"landmarks {t.get('landmarks', 0):.1f}s, generation {t.get('generation', 0):.1f}s, "
-        f"encoding {t.get('encoding', 0):.1f}s, {result.fps_end_to_end:.1f} FPS end to end"
+        f"render {t.get('render', 0):.1f}s, encoding {t.get('encoding', 0):.1f}s, "
+        f"{result.fps_end_to_end:.1f} FPS end to end"
     )
     return 0
 
@@ -107,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from metaportrait.errors import MetaPortraitError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # full tracebacks for bug reports
+    argv = [a for a in argv if a != "--debug"]
     command = argv[0] if argv else None
     try:
         if command in DELEGATED:
@@ -117,7 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except MetaPortraitError as exc:
+        if debug:
+            raise
         print(f"metaportrait {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # a disk full, a permission, a bad value: one line, not a traceback
+        if debug:
+            raise
+        what = f"{exc.strerror}: '{exc.filename}'" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"metaportrait {command}: error: {what} (run with --debug for the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -27,5 +27,17 @@ class WeightsError(MetaPortraitError):
     """Weights are missing, do not match the model's config, or cannot be fetched."""
 
 
+class OutputPathError(MetaPortraitError):
+    """An output path cannot be written: a directory, an unsupported suffix, a read-only folder."""
+
+
+class CheckpointError(MetaPortraitError):
+    """A training checkpoint folder is incomplete or does not match the model being trained."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint folder holds a file format that can run code when loaded (a pickle)."""
+
+
 class MultipleFacesWarning(UserWarning):
     """Several faces were found; the largest one is used."""

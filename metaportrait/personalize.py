@@ -313,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("give --video and/or --images")
     from tqdm import tqdm
 
+    from metaportrait.video import check_output_path
+
+    check_output_path(args.output, kind="folder")  # before the training, not after it
+
     if args.family == "fewshot":
         from metaportrait.fewshot_pipeline import personalize_fewshot
 

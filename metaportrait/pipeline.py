@@ -19,6 +19,7 @@ Memory does not grow with the video length: frames stream through fixed-size bat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import nullcontext
 import time
@@ -31,7 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from metaportrait.errors import MetaPortraitError, NoFaceError, WeightsError
+from metaportrait.errors import InputTooLargeError, MetaPortraitError, NoFaceError, WeightsError
 from metaportrait.face import (
     CropTransform,
     FaceAnalyzer,
@@ -51,7 +52,7 @@ from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
 from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
 from metaportrait.models.identity_encoder import IdentityEncoder
-from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
+from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
 
 logger = logging.getLogger(__name__)
@@ -407,8 +408,14 @@ class MetaPortraitPipeline:
         Raises a :class:`~metaportrait.errors.MetaPortraitError` subclass on bad input; no
         output file is left behind on failure.
         """
-        output = Path(output)
+        output = check_output_path(output)  # before any work: a bad output path fails in a second
         limits = self.limits
+        if options.max_seconds is not None:
+            if options.max_seconds > limits.max_video_seconds:
+                raise InputTooLargeError(f"max_seconds {options.max_seconds:g} is over the limit of "
+                                         f"{limits.max_video_seconds:g} s")
+            # a longer video is trimmed to its first max_seconds, not refused
+            limits = dataclasses.replace(limits, max_video_seconds=float("inf"), max_video_frames=2**62)
         info = probe_video(driving, limits)
         max_frames = info.num_frames
         if options.max_seconds is not None:

@@ -175,9 +175,10 @@ def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path
     """
     from metaportrait.errors import InvalidVideoError
     from metaportrait.io import DEFAULT_LIMITS
-    from metaportrait.video import VideoWriter, iter_frames, probe_video
+    from metaportrait.video import VideoWriter, check_output_path, iter_frames, probe_video
 
     limits = DEFAULT_LIMITS if limits is None else limits
+    output = check_output_path(output)
     info = probe_video(source, limits)
     if info.width != info.height:
         raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; super-resolution expects square "
@@ -220,8 +221,10 @@ def main(argv=None) -> int:
         bar.total = total
         bar.update(1)
 
-    out = upscale_video(args.input, args.output, weights=args.weights, device=args.device, progress=progress)
-    bar.close()
+    try:
+        out = upscale_video(args.input, args.output, weights=args.weights, device=args.device, progress=progress)
+    finally:
+        bar.close()  # before any error line
     print(f"wrote {out}")
     return 0
 
@@ -233,9 +236,10 @@ def compare_video(source: str | Path, output: str | Path, *, model: TemporalSupe
 
     from metaportrait.errors import InvalidVideoError
     from metaportrait.io import DEFAULT_LIMITS
-    from metaportrait.video import VideoWriter, iter_frames, probe_video
+    from metaportrait.video import VideoWriter, check_output_path, iter_frames, probe_video
 
     limits = DEFAULT_LIMITS if limits is None else limits
+    output = check_output_path(output)
     info = probe_video(source, limits)
     if info.width != info.height:
         raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; expected square face crops")

@@ -462,6 +462,40 @@ def _probe_audio(path: PathLike) -> Path | None:
         return p if c.streams.audio else None
 
 
+def check_output_path(path: PathLike, suffixes: tuple[str, ...] | None = None, *, kind: str = "file") -> Path:
+    """Validate an output path before any work is done; create its missing parent folders.
+
+    ``kind="file"``: the path must not be a directory and its suffix must be one of ``suffixes``
+    (default: the video suffixes :class:`VideoWriter` writes); an existing file is overwritten.
+    ``kind="folder"``: the path must not be an existing file. Raises
+    :class:`~metaportrait.errors.OutputPathError` with one line saying what to change.
+    """
+    from metaportrait.errors import OutputPathError
+
+    p = Path(path).expanduser()
+    if kind == "file":
+        allowed = tuple(suffixes) if suffixes is not None else tuple(sorted(_OUTPUT_FORMATS))
+        if p.is_dir():
+            raise OutputPathError(f"the output '{p}' is an existing folder; give a file name ending in one of {list(allowed)}")
+        if p.suffix.lower() not in allowed:
+            raise OutputPathError(
+                f"the output '{p}' has the suffix {p.suffix or '(none)'!r}; use one of {list(allowed)}"
+            )
+    elif kind == "folder":
+        if p.exists() and not p.is_dir():
+            raise OutputPathError(f"the output folder '{p}' is an existing file; give a folder path")
+    else:
+        raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
+    parent = p.parent if kind == "file" else p
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"cannot create the folder '{parent}' for the output: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"the folder '{parent}' is not writable")
+    return p
+
+
 class VideoWriter:
     """Stream ``uint8`` RGB frames into a browser-playable H.264 MP4, atomically.
 
@@ -507,6 +541,8 @@ class VideoWriter:
         self._format = _OUTPUT_FORMATS[suffix]
         if not self.path.parent.is_dir():
             raise ValueError(f"VideoWriter: the folder '{self.path.parent}' does not exist")
+        if self.path.is_dir():
+            raise ValueError(f"VideoWriter: '{self.path}' is an existing folder")
         self.rate = _fps_to_rate(fps)
         self.fps = float(self.rate)
         if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:

@@ -181,3 +181,74 @@ def test_sr_bicubic_residual_starts_at_bicubic():
     model.eval()
     with torch.no_grad():
         assert not torch.allclose(model(x).frames[0], ref, atol=1e-4)
+
+
+# ---------------------------------------------------------------- output paths (checked before any work)
+@pytest.fixture(scope="module")
+def tiny_cli_weights(tmp_path_factory) -> Path:
+    from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+
+    weights = tmp_path_factory.mktemp("w")
+    MetaPortraitGenerator(generator_config("tiny")).save_pretrained(weights / "base")
+    write_model_index(weights, generator="base")
+    return weights
+
+
+@pytest.mark.parametrize("case", ["directory", "dir_named_mp4", "avi", "no_suffix"])
+def test_cli_reenact_refuses_bad_outputs_before_any_work(tmp_path, tiny_cli_weights, case):
+    import time
+
+    if case == "directory":
+        out, expect = tmp_path, "existing folder"
+    elif case == "dir_named_mp4":
+        out = tmp_path / "x.mp4"
+        out.mkdir()
+        expect = "existing folder"
+    elif case == "avi":
+        out, expect = tmp_path / "o.avi", "'.avi'"
+    else:
+        out, expect = tmp_path / "o", "'(none)'"
+    t0 = time.perf_counter()
+    res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(EXAMPLES / "driving_webcam.mp4"),
+               "--output", str(out), "--weights", str(tiny_cli_weights), "--quiet")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert expect in res.stderr and ".mp4" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("metaportrait reenact: error:")
+    assert time.perf_counter() - t0 < 60  # refused up front, not after rendering the video
+    assert not list(tmp_path.glob("*.mp4")) or case == "dir_named_mp4"
+
+
+def test_cli_reenact_creates_missing_folders_and_trims_long_videos(tmp_path, tiny_cli_weights):
+    from metaportrait.video import probe_video
+
+    out = tmp_path / "new" / "deeper" / "o.mp4"
+    res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(EXAMPLES / "driving_franck.mp4"),
+               "--output", str(out), "--weights", str(tiny_cli_weights), "--quiet", "--max-seconds", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    info = probe_video(out)
+    assert info.num_frames == 24  # the first second of a 24 fps clip
+    # --max-seconds under the limit trims a video that is over it
+    from metaportrait.io import InputLimits
+    from metaportrait.pipeline import MetaPortraitPipeline, ReenactOptions
+
+    strict = MetaPortraitPipeline.from_pretrained(tiny_cli_weights, device="cpu", limits=InputLimits(max_video_seconds=2.0))
+    r = strict.reenact(EXAMPLES / "astronaut.jpg", EXAMPLES / "driving_franck.mp4", tmp_path / "t.mp4",
+                       ReenactOptions(max_seconds=1.5))
+    assert r.num_frames == 36
+
+
+def test_cli_upscale_and_personalize_refuse_bad_outputs(tmp_path):
+    existing = tmp_path / "file.txt"
+    existing.write_text("x")
+    res = _cli("upscale", "--input", str(EXAMPLES / "driving_webcam.mp4"), "--output", str(tmp_path / "o.avi"))
+    assert res.returncode == 2 and "'.avi'" in res.stderr and "Traceback" not in res.stderr
+    res = _cli("personalize", "--video", str(EXAMPLES / "driving_webcam.mp4"), "--output", str(existing),
+               "--steps", "1")
+    assert res.returncode == 2 and "existing file" in res.stderr and "Traceback" not in res.stderr
+    assert existing.read_text() == "x"
+
+
+def test_cli_debug_shows_the_traceback(tmp_path):
+    res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(EXAMPLES / "driving_webcam.mp4"),
+               "--output", str(tmp_path / "o.avi"), "--debug")
+    assert res.returncode != 0 and "Traceback" in res.stderr

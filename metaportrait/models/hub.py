@@ -50,6 +50,9 @@ model = {{ model_name | default("HubModel", true) }}.from_pretrained("path/or/re
 Images are RGB float tensors in [-1, 1], layout B×3×H×W.
 """
 
+_MAX_WIDTH = 4096
+_MAX_COUNT = 64
+
 C = TypeVar("C", bound="ModelConfig")
 M = TypeVar("M", bound="HubModel")
 
@@ -95,6 +98,31 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Check field values; raise ``ValueError`` with the offending value."""
+
+    def check_bounds(self) -> None:
+        """Refuse values no real model has, before anything is allocated (a ``config.json`` from a
+        stranger can ask for 10⁹-pixel images or 8,000-channel layers): sizes, widths and
+        resolutions ≤ 4096, counts of layers/blocks/levels and kernel sizes ≤ 64, in this config and
+        every nested one."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ModelConfig):
+                value.check_bounds()
+                continue
+            values = value if isinstance(value, tuple) else (value,)
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                name = f.name
+                if any(k in name for k in ("size", "channels", "dim", "hidden", "feat", "resolution")):
+                    limit = _MAX_WIDTH
+                elif any(k in name for k in ("depth", "blocks", "layers", "levels", "num_down", "num_mlp",
+                                             "num_scales", "window", "kernel", "multiplier")):
+                    limit = _MAX_COUNT
+                else:  # e.g. num_videos: bounded by the weights file (the parameter-count check)
+                    continue
+                if v > limit:
+                    raise ValueError(f"{type(self).__name__}.{name} = {v} is beyond any real model (limit {limit})")
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
@@ -146,11 +174,23 @@ class HubModel(
 
     @classmethod
     def from_pretrained(cls: type[M], pretrained_model_name_or_path: str | Path, *, strict: bool = True, **kwargs: Any) -> M:  # type: ignore[override]
-        """Load config + safetensors weights from a local folder or a Hub repo id; strict by default."""
+        """Load config + safetensors weights from a local folder or a Hub repo id; strict by default.
+
+        Everything read from the folder or repo is untrusted: the config is validated (and bounded)
+        and the parameter count it implies is checked against the weights file's header before any
+        memory is allocated; every failure is one :class:`~metaportrait.errors.WeightsError` line.
+        """
         try:
             return super().from_pretrained(pretrained_model_name_or_path, strict=strict, **kwargs)
-        except (RuntimeError, FileNotFoundError, OSError) as exc:
-            raise WeightsError(f"Could not load {cls.__name__} from {pretrained_model_name_or_path!s}: {exc}") from exc
+        except WeightsError:
+            raise
+        except (RuntimeError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            what = " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+            if len(what) > 600:
+                what = what[:600] + " …"
+            if isinstance(exc, (TypeError, AttributeError, KeyError)):  # config.json of the wrong shape
+                what = f"config.json is not a JSON object of model settings ({what})"
+            raise WeightsError(f"Could not load {cls.__name__} from {pretrained_model_name_or_path!s}: {what}") from exc
 
     @classmethod
     def _from_pretrained(
@@ -166,7 +206,16 @@ class HubModel(
         strict: bool = True,
         **model_kwargs: Any,
     ):
-        model = cls(**model_kwargs)
+        config = model_kwargs.get("config")
+        expected = getattr(cls, "config_class", None)
+        if expected is not None:
+            if isinstance(config, dict):
+                config = expected.from_dict(config)
+            if not isinstance(config, expected):
+                raise WeightsError(f"{model_id}: config.json must be a JSON object of {expected.__name__} fields, "
+                                   f"got {type(config).__name__}")
+            config.check_bounds()
+            model_kwargs = {**model_kwargs, "config": config}
         if os.path.isdir(model_id):
             model_file = os.path.join(model_id, hf_constants.SAFETENSORS_SINGLE_FILE)
             if not os.path.isfile(model_file):
@@ -181,4 +230,32 @@ class HubModel(
                 token=token,
                 local_files_only=local_files_only,
             )
+        _check_weights_file(cls, model_kwargs, model_file)
+        model = cls(**model_kwargs)
         return cls._load_as_safetensor(model, model_file, map_location, strict)
+
+
+def _check_weights_file(cls: type, model_kwargs: dict[str, Any], model_file: str) -> None:
+    """The safetensors header must be readable, and the config's model (built on the ``meta`` device:
+    no memory) must not be far larger than what the file holds."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(model_file, framework="pt", device="cpu") as f:
+            stored = 0
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= int(d)
+                stored += n
+    except Exception as exc:  # safetensors raises its own error type for a non-safetensors file
+        raise WeightsError(f"{model_file} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    with torch.device("meta"):
+        probe = cls(**model_kwargs)
+    expected = sum(t.numel() for t in probe.state_dict().values())
+    del probe
+    # a model much larger than its weights file is never allocated; small differences are left to
+    # the strict loader, whose message names the missing or unexpected keys
+    if expected > 1.5 * stored + 1_000_000:
+        raise WeightsError(f"{model_file}: config.json describes {expected:,} values but the weights file holds "
+                           f"{stored:,}; the config and weights do not belong together")
