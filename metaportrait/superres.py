@@ -167,35 +167,71 @@ def load_sr_model(weights: str | Path | None = None) -> TemporalSuperResolution:
 
 def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path | None = None,
                   model: TemporalSuperResolution | None = None, device: str | None = None,
-                  progress=None, limits=None) -> Path:
-    """Upscale a square face video (e.g. a 256² reenactment) to ``out_size``², keeping fps and audio.
+                  progress=None, limits=None, face: str = "auto") -> Path:
+    """Temporal super-resolution of a face video, keeping fps and audio. Nothing is written on error.
 
-    Non-square input is refused (crop the face first, e.g. with ``metaportrait reenact``); square
-    input of another size is resized to the network's ``in_size`` first. Nothing is written on error.
+    ``face``:
+
+    * ``"auto"`` (default): a square video (a face crop, e.g. ``metaportrait reenact`` without
+      ``--paste-back``) is upscaled whole to ``out_size``²; any other video is handled as ``"paste"``;
+    * ``"crop"``: the face of the first frame is found (MediaPipe) and one box, fixed for the whole
+      video, is cropped; the output is the ``out_size``² face crop;
+    * ``"paste"``: as ``"crop"``, then the upscaled face is pasted back (feathered) into the whole
+      frame upscaled bicubically by ``out_size / in_size`` (2× for 256 → 512).
     """
-    from metaportrait.errors import InvalidVideoError
+    from metaportrait.errors import InvalidVideoError, NoFaceError
     from metaportrait.io import DEFAULT_LIMITS
     from metaportrait.video import VideoWriter, check_output_path, iter_frames, probe_video
 
+    if face not in ("auto", "crop", "paste"):
+        raise ValueError(f"face must be 'auto', 'crop' or 'paste', got {face!r}")
     limits = DEFAULT_LIMITS if limits is None else limits
     output = check_output_path(output)
     info = probe_video(source, limits)
-    if info.width != info.height:
-        raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; super-resolution expects square "
-                                "face crops (e.g. the output of `metaportrait reenact` without --paste-back)")
     model = load_sr_model(weights) if model is None else model
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     size = model.config.in_size
+    factor = model.config.out_size / size
+    mode = face
+    if mode == "auto":
+        mode = "whole" if info.width == info.height else "paste"
+    crop = None
+    if mode in ("crop", "paste"):
+        from metaportrait.face import CropTransform, FaceAnalyzer
+
+        first = next(iter_frames(source, max_frames=1, limits=limits))
+        with FaceAnalyzer(static_image_mode=True, max_faces=4) as analyzer:
+            faces = analyzer.detect(first)
+        if not faces:
+            raise NoFaceError(f"no face in the first frame of {Path(source).name}; super-resolution needs a face "
+                              "to crop (or give a square face-crop video)")
+        crop = CropTransform.from_landmarks(faces[0].landmarks, size=size)
+        big = (int(round(info.width * factor)), int(round(info.height * factor)))
+        if max(big) > 3840:
+            raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; pasted back at "
+                                    f"{factor:g}× it would be {big[0]}×{big[1]} (over 3840 px); use face='crop'")
+        big_crop = CropTransform(center=(crop.center[0] * factor, crop.center[1] * factor),
+                                 side=crop.side * factor, size=model.config.out_size)
+
+    originals: list[np.ndarray] = []  # full frames waiting for their upscaled face (paste)
 
     def frames():
         for f in iter_frames(source, limits=limits):
-            yield f if f.shape[0] == size else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+            if crop is not None:
+                if mode == "paste":
+                    originals.append(f)
+                yield crop.crop(f)
+            else:
+                yield f if f.shape[0] == size else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
 
-    output = Path(output)
     done = 0
     with VideoWriter(output, fps=info.fps, audio_from=source if info.has_audio else None,
                      metadata={"title": "metaportrait temporal super-resolution"}) as writer:
         for frame in upscale_frames(model, frames(), device=device):
+            if mode == "paste":
+                full = originals.pop(0)
+                full = cv2.resize(full, big, interpolation=cv2.INTER_CUBIC)
+                frame = big_crop.paste_back(full, frame)
             writer.write(frame)
             done += 1
             if progress:
@@ -214,6 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("--output", required=True)
     ap.add_argument("--weights", default=None, help="pipeline folder with an 'sr' component, or a Hub repo id")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--face", choices=["auto", "crop", "paste"], default="auto",
+                    help="auto: a square video is upscaled whole, any other has its face cropped, upscaled and "
+                         "pasted back at 2×; crop: write the 512² face crop; paste: always paste back")
     args = ap.parse_args(argv)
     bar = tqdm(unit="frame", desc="upscale")
 
@@ -222,7 +261,8 @@ def main(argv=None) -> int:
         bar.update(1)
 
     try:
-        out = upscale_video(args.input, args.output, weights=args.weights, device=args.device, progress=progress)
+        out = upscale_video(args.input, args.output, weights=args.weights, device=args.device, progress=progress,
+                            face=args.face)
     finally:
         bar.close()  # before any error line
     print(f"wrote {out}")

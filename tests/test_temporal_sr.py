@@ -355,3 +355,47 @@ def test_demo_preset_runs_at_256_to_512():
     with torch.inference_mode():
         y = model(torch.rand(1, 2, 3, 256, 256) * 2 - 1).frames
     assert y.shape == (1, 2, 3, 512, 512) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("face", ["paste", "crop"])
+def test_upscale_any_video_finds_the_face(tmp_path, face):
+    """An ordinary (non-square) video: the face is cropped, upscaled and pasted back at twice the size,
+    or written as the 512² crop; the background outside the face box is the bicubic 2× frame."""
+    import cv2
+
+    from metaportrait.superres import load_sr_model, upscale_video
+    from metaportrait.video import VideoWriter, iter_frames, probe_video, read_frames
+
+    clip = tmp_path / "clip.mp4"
+    frames = list(iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=6))
+    with VideoWriter(clip, fps=25) as w:
+        for f in frames:
+            w.write(f)
+    model = load_sr_model(None)
+    out = upscale_video(clip, tmp_path / f"{face}.mp4", model=model, device="cpu", face=face)
+    info = probe_video(out)
+    h, w = frames[0].shape[:2]
+    factor = model.config.out_size // model.config.in_size
+    if face == "paste":
+        assert (info.width, info.height) == (w * factor, h * factor)
+        first = read_frames(out)[0]
+        bicubic = cv2.resize(read_frames(clip)[0], (w * factor, h * factor), interpolation=cv2.INTER_CUBIC)
+        corner = (slice(0, 40), slice(0, 40))  # far from the face
+        assert np.abs(first[corner].astype(int) - bicubic[corner].astype(int)).mean() < 3
+    else:
+        assert (info.width, info.height) == (model.config.out_size, model.config.out_size)
+    assert info.num_frames == len(frames)
+
+
+def test_upscale_refuses_a_video_without_a_face(tmp_path, no_face_image):
+    from metaportrait.errors import NoFaceError
+    from metaportrait.superres import load_sr_model, upscale_video
+    from metaportrait.video import VideoWriter
+
+    clip = tmp_path / "cup.mp4"
+    with VideoWriter(clip, fps=25) as w:
+        for _ in range(3):
+            w.write(no_face_image[:300, :400])
+    with pytest.raises(NoFaceError, match="no face"):
+        upscale_video(clip, tmp_path / "o.mp4", model=load_sr_model(None), device="cpu")
+    assert not (tmp_path / "o.mp4").exists()
