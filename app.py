@@ -23,6 +23,7 @@ import gradio as gr  # noqa: E402
 from metaportrait.errors import MetaPortraitError  # noqa: E402
 from metaportrait.io import InputLimits  # noqa: E402
 from metaportrait.pipeline import MetaPortraitPipeline, ReenactOptions  # noqa: E402
+from metaportrait.weights import pack_personalization, personalization_kind, unpack_personalization  # noqa: E402
 
 try:  # on a ZeroGPU Space, GPU work runs inside functions decorated with spaces.GPU
     import spaces
@@ -47,45 +48,64 @@ _pipelines: OrderedDict[str, MetaPortraitPipeline] = OrderedDict()
 _pipeline_lock = threading.Lock()
 
 
-def get_pipeline(adapter: str | None = None) -> MetaPortraitPipeline:
-    """The pipeline (loaded lazily, so the UI starts at once), optionally with a personalization adapter."""
-    key = adapter or ""
+def get_pipeline(personal: str | None = None) -> MetaPortraitPipeline:
+    """The pipeline (loaded lazily, so the UI starts at once), optionally with a personalized model:
+    a LoRA adapter folder or a whole personalized pipeline folder (``--adapter full``)."""
+    key = personal or ""
     with _pipeline_lock:
         if key not in _pipelines:
-            _pipelines[key] = MetaPortraitPipeline.from_pretrained(WEIGHTS, adapter=adapter, limits=LIMITS)
-            while len(_pipelines) > 4:  # bounded: a few personalized models at most
+            if personal and personalization_kind(personal) == "pipeline":
+                _pipelines[key] = MetaPortraitPipeline.from_pretrained(personal, limits=LIMITS)
+            else:
+                _pipelines[key] = MetaPortraitPipeline.from_pretrained(WEIGHTS, adapter=personal, limits=LIMITS)
+            while len(_pipelines) > 3:  # bounded: the shared model and a couple of personalized ones
                 _pipelines.popitem(last=False)
         _pipelines.move_to_end(key)
         return _pipelines[key]
 
 
+def _personal_folder(use_personal: bool, session_folder: str | None, upload: str | None) -> str | None:
+    """The personalized model to use: an uploaded .zip (API and UI), else this session's last one."""
+    if upload:
+        path = upload if isinstance(upload, str) else upload.name
+        try:
+            return str(unpack_personalization(path, Path(tempfile.mkdtemp(prefix="upload-", dir=OUTPUT_DIR))))
+        except MetaPortraitError as exc:
+            raise gr.Error(_friendly(exc, path)) from exc
+    if not use_personal:
+        return None
+    if not session_folder:
+        raise gr.Error("No personalized model yet: run the 'Fast personalization' tab first (or upload its .zip), "
+                       "or untick the box.")
+    return session_folder
+
+
 @gpu
 def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool, use_personal: bool = False,
-            adapter: str | None = None, progress: gr.Progress = gr.Progress()) -> str:
+            personal_zip: str | None = None, session_folder: str | None = None,
+            progress: gr.Progress = gr.Progress()) -> str:
     """Animate the source photo with the driving video; returns the path of an H.264 mp4."""
     if not source:
         raise gr.Error("Please upload a source portrait photo.")
     if not driving:
         raise gr.Error("Please upload a driving video.")
-    if use_personal and not adapter:
-        raise gr.Error("No personalized model yet: run the 'Fast personalization' tab first, or untick the box.")
-    if use_personal and (Path(adapter) / "person.json").is_file():  # a few-shot (Zakharov) personalization
+    personal = _personal_folder(use_personal, session_folder, personal_zip)
+    out = Path(tempfile.mkstemp(suffix=".mp4", dir=OUTPUT_DIR)[1])
+    out.unlink()
+    if personal and personalization_kind(personal) == "fewshot":  # Zakharov et al.: the person is in the model
         from metaportrait.fewshot_pipeline import FewShotPipeline
 
-        out = Path(tempfile.mkstemp(suffix=".mp4", dir=OUTPUT_DIR)[1])
-        out.unlink()
+        progress(0, desc="Animating with the few-shot model")
         try:
-            FewShotPipeline(adapter, limits=LIMITS).reenact(driving, out)
+            FewShotPipeline(personal, limits=LIMITS).reenact(driving, out)
         except MetaPortraitError as exc:
             raise gr.Error(_friendly(exc, driving)) from exc
         return str(out)
     progress(0, desc="Loading the model")
     try:
-        pipe = get_pipeline(adapter if use_personal else None)
+        pipe = get_pipeline(personal)
     except MetaPortraitError as exc:
         raise gr.Error(str(exc)) from exc
-    out = Path(tempfile.mkstemp(suffix=".mp4", dir=OUTPUT_DIR)[1])
-    out.unlink()
 
     def report(done: int, total: int, stage: str) -> None:
         progress((done, total) if total else None, desc="Animating", unit="frames")
@@ -106,77 +126,97 @@ def _friendly(exc: Exception, *uploads: str) -> str:
     return msg
 
 
-@gpu
-def personalize(video: str | None, photos: list[str] | None, seconds: float, adapter_kind: str,
-                family: str = "metaportrait"):
-    """Fine-tune on the uploaded person; streams (loss plot, before, after, files, adapter folder)."""
-    if family == "fewshot":
-        yield from personalize_fewshot(video, photos)
-        return
-    if family != "metaportrait":
-        raise gr.Error(f"unknown model family {family!r}")
-    import pandas as pd
-
-    from metaportrait.personalize import PersonalizeOptions, collect_frames, load_start_generator
-    from metaportrait.personalize import personalize as run_personalize
-
-    photos = [p if isinstance(p, str) else p.name for p in (photos or [])]
-    if not video and not photos:
-        raise gr.Error("Upload a short video of the person (or a few photos).")
-    try:
-        generator, component, _ = load_start_generator(WEIGHTS)
-        person = collect_frames(video, photos, size=generator.config.image_size, max_frames=48, limits=LIMITS)
-    except MetaPortraitError as exc:
-        raise gr.Error(_friendly(exc, video or "", *photos)) from exc
-    out_dir = Path(tempfile.mkdtemp(prefix="personal-", dir=OUTPUT_DIR))
-    history: list[tuple[int, float, float]] = []
+def _stream_job(work, history: list, cancel: threading.Event):
+    """Run ``work()`` in a thread; yield every second while it runs. Closing the generator (the
+    Cancel button, a closed tab) sets ``cancel`` so the training loop stops at its next step."""
     outcome: dict = {}
 
-    def progress(step: int, loss: float, elapsed: float) -> None:
-        history.append((step, loss, elapsed))
-
-    def work() -> None:
+    def run() -> None:
         try:
-            outcome["result"] = run_personalize(
-                person, out_dir, generator=generator, component=component, progress=progress,
-                options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind))
-        except Exception as exc:  # surfaced to the user below
+            outcome["result"] = work()
+        except Exception as exc:  # surfaced to the user by the caller
             outcome["error"] = exc
 
-    def plot():
-        return pd.DataFrame(history or [(0, float("nan"), 0.0)], columns=["step", "loss", "seconds"])
-
-    thread = threading.Thread(target=work, daemon=True)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    while thread.is_alive():
-        time.sleep(1.0)
-        yield plot(), None, None, None, None
+    try:
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+            yield None
+    finally:
+        cancel.set()
     if "error" in outcome:
         raise gr.Error(f"Personalization failed: {outcome['error']}")
-    res = outcome["result"]
-    files = sorted(str(f) for f in out_dir.rglob("*") if f.suffix in (".safetensors", ".json"))
-    yield plot(), res.before, res.after, files, str(out_dir) if adapter_kind == "lora" else None
+    yield outcome["result"]
 
 
-def personalize_fewshot(video: str | None, photos: list[str] | None):
-    """The few-shot family (Zakharov et al.): 40 fine-tuning steps on up to 8 frames (T = 8)."""
+def _loss_plot(history: list):
     import pandas as pd
 
-    from metaportrait.fewshot_pipeline import personalize_fewshot as run_fewshot
+    return pd.DataFrame(history or [(0, float("nan"), 0.0)], columns=["step", "loss", "seconds"])
+
+
+@gpu
+def personalize(video: str | None, photos: list[str] | None = None, seconds: float = 30, adapter_kind: str = "lora",
+                family: str = "metaportrait"):
+    """Fine-tune on the uploaded person within ``seconds``; streams (loss plot, before, after, .zip, folder)."""
     from metaportrait.personalize import collect_frames
 
+    if family not in ("metaportrait", "fewshot"):
+        raise gr.Error(f"unknown model family {family!r}")
     photos = [p if isinstance(p, str) else p.name for p in (photos or [])]
     if not video and not photos:
         raise gr.Error("Upload a short video of the person (or a few photos).")
-    out_dir = Path(tempfile.mkdtemp(prefix="fewshot-", dir=OUTPUT_DIR))
-    try:
-        person = collect_frames(video, photos, size=256, max_frames=8, limits=LIMITS)
-        res = run_fewshot(person, out_dir, weights=WEIGHTS, steps=40)
-    except MetaPortraitError as exc:
-        raise gr.Error(_friendly(exc, video or "", *photos)) from exc
-    files = sorted(str(f) for f in out_dir.rglob("*") if f.suffix in (".safetensors", ".json"))
-    plot = pd.DataFrame([(res.steps, float("nan"), res.finetune_seconds)], columns=["step", "loss", "seconds"])
-    yield plot, None, None, files, str(out_dir)
+    history: list[tuple[int, float, float]] = []
+    cancel = threading.Event()
+    t0 = time.perf_counter()
+    if family == "fewshot":  # Zakharov et al. 2019: fine-tune G and D on up to 8 frames (T = 8)
+        from metaportrait.fewshot_pipeline import personalize_fewshot as run_fewshot
+
+        out_dir = Path(tempfile.mkdtemp(prefix="fewshot-", dir=OUTPUT_DIR))
+        try:
+            person = collect_frames(video, photos, size=256, max_frames=8, limits=LIMITS)
+        except MetaPortraitError as exc:
+            raise gr.Error(_friendly(exc, video or "", *photos)) from exc
+
+        def on_step(step: int, losses: dict) -> bool:
+            history.append((step, losses["loss_g"], time.perf_counter() - t0))
+            return cancel.is_set()
+
+        def work():
+            return run_fewshot(person, out_dir, weights=WEIGHTS, steps=10_000, seconds=float(seconds), callback=on_step)
+    else:
+        from metaportrait.personalize import PersonalizeOptions, load_start_generator
+        from metaportrait.personalize import personalize as run_personalize
+
+        try:
+            generator, component, _ = load_start_generator(WEIGHTS)
+            person = collect_frames(video, photos, size=generator.config.image_size, max_frames=48, limits=LIMITS)
+        except MetaPortraitError as exc:
+            raise gr.Error(_friendly(exc, video or "", *photos)) from exc
+        out_dir = Path(tempfile.mkdtemp(prefix="personal-", dir=OUTPUT_DIR))
+
+        def on_progress(step: int, loss: float, elapsed: float) -> bool:
+            history.append((step, loss, elapsed))
+            return cancel.is_set()
+
+        def work():
+            return run_personalize(person, out_dir, generator=generator, component=component, progress=on_progress,
+                                   options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind))
+    res = None
+    for item in _stream_job(work, history, cancel):
+        if item is None:
+            yield _loss_plot(history), None, None, None, None
+        else:
+            res = item
+    if cancel.is_set() and res is None:
+        return
+    kind = adapter_kind if family == "metaportrait" else "fewshot"
+    packed = pack_personalization(out_dir, out_dir.with_name(f"{out_dir.name}-{kind}.zip"))
+    before = getattr(res, "before", None)
+    after = getattr(res, "after", None)
+    del res, person, work  # a finished job keeps only its files
+    yield _loss_plot(history), before, after, str(packed), str(out_dir)
 
 
 @gpu
@@ -185,19 +225,22 @@ def upscale(video: str | None, progress: gr.Progress = gr.Progress()) -> tuple[s
     from metaportrait.superres import compare_video, load_sr_model, upscale_video
 
     if not video:
-        raise gr.Error("Upload a square face video, or send the last reenactment here.")
+        raise gr.Error("Upload a face video, or send the last reenactment here.")
     out = Path(tempfile.mkstemp(suffix="_512.mp4", dir=OUTPUT_DIR)[1])
     cmp = Path(tempfile.mkstemp(suffix="_compare.mp4", dir=OUTPUT_DIR)[1])
     out.unlink()
     cmp.unlink()
 
-    def report(done: int, total: int) -> None:
-        progress((done, total), desc="Upscaling", unit="frames")
+    def stage(name: str):
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc=name, unit="frames")
+        return report
 
     try:
+        progress(0.0, desc="Loading the super-resolution model")
         model = load_sr_model(WEIGHTS)
-        upscale_video(video, out, model=model, progress=report, limits=LIMITS)
-        compare_video(video, cmp, model=model, limits=LIMITS)
+        upscale_video(video, out, model=model, progress=stage("1/2 Upscaling to 512²"), limits=LIMITS)
+        compare_video(video, cmp, model=model, progress=stage("2/2 Side-by-side with bicubic"), limits=LIMITS)
     except MetaPortraitError as exc:
         raise gr.Error(_friendly(exc, video)) from exc
     return str(out), str(cmp)
@@ -227,9 +270,12 @@ def build_demo() -> gr.Blocks:
                                              value=False)
                     use_personal = gr.Checkbox(label="Use my personalized model (from the personalization tab)",
                                                value=False)
+                    personal_zip = gr.File(label="…or upload a personalized model (.zip from the personalization tab)",
+                                           file_types=[".zip"], value=None, elem_id="personal-zip")
                     run = gr.Button("Animate", variant="primary")
                 with gr.Column():
-                    result = gr.Video(label="Result", autoplay=True, elem_id="result-video")
+                    result = gr.Video(label="Result", autoplay=True, elem_id="result-video", interactive=False,
+                                      buttons=["download"])
                     to_sr = gr.Button("Send to 512² super-resolution")
             gr.Examples(
                 examples=[
@@ -238,8 +284,8 @@ def build_demo() -> gr.Blocks:
                 ],
                 inputs=[source, driving, mode, paste_back],
             )
-            run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, adapter_state], outputs=result,
-                      api_name="reenact", concurrency_limit=CONCURRENCY)
+            run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, adapter_state],
+                      outputs=result, api_name="reenact", concurrency_limit=CONCURRENCY)
         with gr.Tab("Fast personalization"):
             gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "
                         "for the chosen time, starting from the meta-learned weights; every 8th frame is held back "
@@ -248,32 +294,39 @@ def build_demo() -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     p_video = gr.Video(label="Video of the person", sources=["upload"])
-                    p_photos = gr.File(label="…or photos", file_count="multiple", file_types=["image"])
+                    p_photos = gr.File(label="…or photos", file_count="multiple", file_types=["image"], value=None)
                     p_seconds = gr.Slider(10, 120, value=30, step=5, label="Time budget (seconds)")
                     p_kind = gr.Radio(["lora", "full"], value="lora", label="Save as",
                                       info="lora: a small adapter on top of the shared weights; full: all weights")
                     p_family = gr.Radio(["metaportrait", "fewshot"], value="metaportrait", label="Model family",
-                                        info="fewshot: Zakharov et al. 2019 (8 frames, 40 fine-tuning steps; "
-                                             "the source photo is then ignored)")
-                    p_run = gr.Button("Personalize", variant="primary")
+                                        info="fewshot: Zakharov et al. 2019 (up to 8 frames, fine-tuned within the "
+                                             "time budget; the source photo is then ignored)")
+                    with gr.Row():
+                        p_run = gr.Button("Personalize", variant="primary")
+                        p_cancel = gr.Button("Cancel", variant="stop")
                 with gr.Column():
-                    p_plot = gr.LinePlot(x="step", y="loss", title="Training loss", height=220)
+                    p_plot = gr.LinePlot(x="step", y="loss", title="Training loss", label="Training loss", height=220)
                     p_before = gr.Image(label="Before (source | target | output)", interactive=False)
                     p_after = gr.Image(label="After", interactive=False)
-                    p_files = gr.File(label="Personalized weights", interactive=False)
-            p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind, p_family],
-                        outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
-                        concurrency_limit=1, concurrency_id="personalize")
+                    p_files = gr.File(label="Personalized model (.zip: safetensors + JSON)", interactive=False)
+            p_event = p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind, p_family],
+                                  outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
+                                  concurrency_limit=1, concurrency_id="personalize")
+            p_cancel.click(None, cancels=[p_event], api_visibility="private")
+            # the few-shot family has no LoRA/full choice: hide what the choice ignores
+            p_family.change(lambda f: gr.update(visible=f == "metaportrait"), inputs=p_family, outputs=p_kind,
+                            api_visibility="private")
         with gr.Tab("512² super-resolution"):
             gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
-                        "with a side-by-side comparison against bicubic upsampling.")
+                        "with a side-by-side comparison against bicubic upsampling. A video that is not a square "
+                        "face crop has its face found, upscaled and pasted back at twice its size.")
             with gr.Row():
                 with gr.Column():
-                    s_video = gr.Video(label="Square face video (e.g. a reenactment)", sources=["upload"])
+                    s_video = gr.Video(label="A face video (a reenactment, or any video with a face)", sources=["upload"])
                     s_run = gr.Button("Upscale to 512²", variant="primary")
                 with gr.Column():
-                    s_out = gr.Video(label="512² result")
-                    s_cmp = gr.Video(label="bicubic | super-resolution")
+                    s_out = gr.Video(label="512² result", interactive=False, buttons=["download"])
+                    s_cmp = gr.Video(label="bicubic | super-resolution", interactive=False, buttons=["download"])
             s_run.click(upscale, inputs=s_video, outputs=[s_out, s_cmp], api_name="upscale",
                         concurrency_limit=CONCURRENCY)
             to_sr.click(lambda v: v, inputs=result, outputs=s_video, api_visibility="private")

@@ -83,8 +83,10 @@ class FewShotPersonalization:
 
 
 def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
-                        steps: int = 40, feed_forward: bool = False) -> FewShotPersonalization:
-    """FT (``steps`` of fine-tuning) or FF (``feed_forward=True``: ψ = P·ê only) on ``person``."""
+                        steps: int = 40, feed_forward: bool = False, seconds: float | None = None,
+                        callback=None) -> FewShotPersonalization:
+    """FT (``steps`` of fine-tuning, within ``seconds`` when given) or FF (``feed_forward=True``:
+    ψ = P·ê only) on ``person``; ``callback(step, losses)`` after each step, True to stop."""
     from metaportrait.training.fewshot import finetune_fewshot
 
     sub = fewshot_folder(weights)
@@ -92,7 +94,8 @@ def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights
     loss_weights = fewshot_loss_weights(sub)
     frames, marks = person_tensors(person, generator.config.image_size)
     res = finetune_fewshot(embedder, generator, disc, frames, marks, steps=0 if feed_forward else steps,
-                           feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights)
+                           feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights, seconds=seconds,
+                           callback=callback)
     out = Path(output_dir)
     res.generator.save_pretrained(out / "generator")
     np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))

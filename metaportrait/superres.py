@@ -165,6 +165,21 @@ def load_sr_model(weights: str | Path | None = None) -> TemporalSuperResolution:
     return TemporalSuperResolution.from_pretrained(sr_dir)
 
 
+def _face_crop(source: str | Path, size: int, limits):
+    """The crop box (fixed for the whole video, as the paper crops) of the largest face in the first frame."""
+    from metaportrait.errors import NoFaceError
+    from metaportrait.face import CropTransform, FaceAnalyzer
+    from metaportrait.video import iter_frames
+
+    first = next(iter_frames(source, max_frames=1, limits=limits))
+    with FaceAnalyzer(static_image_mode=True, max_faces=4) as analyzer:
+        faces = analyzer.detect(first)
+    if not faces:
+        raise NoFaceError(f"no face in the first frame of {Path(source).name}; super-resolution needs a face "
+                          "to crop (or give a square face-crop video)")
+    return CropTransform.from_landmarks(faces[0].landmarks, size=size)
+
+
 def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path | None = None,
                   model: TemporalSuperResolution | None = None, device: str | None = None,
                   progress=None, limits=None, face: str = "auto") -> Path:
@@ -179,7 +194,7 @@ def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path
     * ``"paste"``: as ``"crop"``, then the upscaled face is pasted back (feathered) into the whole
       frame upscaled bicubically by ``out_size / in_size`` (2× for 256 → 512).
     """
-    from metaportrait.errors import InvalidVideoError, NoFaceError
+    from metaportrait.errors import InvalidVideoError
     from metaportrait.io import DEFAULT_LIMITS
     from metaportrait.video import VideoWriter, check_output_path, iter_frames, probe_video
 
@@ -197,15 +212,9 @@ def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path
         mode = "whole" if info.width == info.height else "paste"
     crop = None
     if mode in ("crop", "paste"):
-        from metaportrait.face import CropTransform, FaceAnalyzer
+        from metaportrait.face import CropTransform
 
-        first = next(iter_frames(source, max_frames=1, limits=limits))
-        with FaceAnalyzer(static_image_mode=True, max_faces=4) as analyzer:
-            faces = analyzer.detect(first)
-        if not faces:
-            raise NoFaceError(f"no face in the first frame of {Path(source).name}; super-resolution needs a face "
-                              "to crop (or give a square face-crop video)")
-        crop = CropTransform.from_landmarks(faces[0].landmarks, size=size)
+        crop = _face_crop(source, size, limits)
         big = (int(round(info.width * factor)), int(round(info.height * factor)))
         if max(big) > 3840:
             raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; pasted back at "
@@ -271,24 +280,26 @@ def main(argv=None) -> int:
 
 def compare_video(source: str | Path, output: str | Path, *, model: TemporalSuperResolution,
                   device: str | None = None, progress=None, limits=None) -> Path:
-    """Write a side-by-side video: bicubic (left) | temporal super-resolution (right), both at out_size²."""
+    """Write a side-by-side video: bicubic (left) | temporal super-resolution (right), both at out_size²
+    (of the whole square video, or of the face crop of any other video)."""
     import collections
 
-    from metaportrait.errors import InvalidVideoError
     from metaportrait.io import DEFAULT_LIMITS
     from metaportrait.video import VideoWriter, check_output_path, iter_frames, probe_video
 
     limits = DEFAULT_LIMITS if limits is None else limits
     output = check_output_path(output)
     info = probe_video(source, limits)
-    if info.width != info.height:
-        raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; expected square face crops")
     size, out_size = model.config.in_size, model.config.out_size
+    crop = None if info.width == info.height else _face_crop(source, size, limits)
     pending: collections.deque[np.ndarray] = collections.deque()
 
     def frames():
         for f in iter_frames(source, limits=limits):
-            f = f if f.shape[0] == size else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+            if crop is not None:
+                f = crop.crop(f)
+            elif f.shape[0] != size:
+                f = cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
             pending.append(f)
             yield f
 

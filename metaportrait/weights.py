@@ -99,3 +99,77 @@ def find_component(source: str | Path | None, name: str, components: tuple[str, 
     wanted = components or (("base",) if name == "generator" else (name,))
     folder = resolve_pipeline_folder(source, components=wanted)
     return component_folder(folder, read_model_index(folder), name)
+
+
+# ------------------------------------------------------------------ personalized models as one file
+PERSONAL_FILES = (".safetensors", ".json", ".md")
+"""The only file types a personalization folder holds (no pickles, no code)."""
+MAX_PERSONAL_BYTES = 1 << 30
+
+
+def personalization_kind(folder: str | Path) -> str:
+    """What a personalization folder holds: ``"adapter"`` (LoRA, ``metaportrait personalize``),
+    ``"pipeline"`` (all weights, ``--adapter full``) or ``"fewshot"`` (Zakharov et al. 2019)."""
+    folder = Path(folder)
+    if (folder / "person.json").is_file():
+        return "fewshot"
+    if (folder / "adapter_config.json").is_file():
+        return "adapter"
+    if (folder / MODEL_INDEX).is_file():
+        return "pipeline"
+    raise WeightsError(f"{folder.name} is not a personalized model (no adapter_config.json, {MODEL_INDEX} or "
+                       "person.json); use the .zip the personalization tab or `metaportrait personalize` made")
+
+
+def pack_personalization(folder: str | Path, zip_path: str | Path) -> Path:
+    """One ``.zip`` of a personalization folder (its safetensors, JSON and model cards), to download."""
+    import zipfile
+
+    folder, zip_path = Path(folder), Path(zip_path)
+    personalization_kind(folder)  # refuse anything else
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and f.suffix in PERSONAL_FILES:
+                zf.write(f, f.relative_to(folder).as_posix())
+    return zip_path
+
+
+def unpack_personalization(zip_path: str | Path, dest: str | Path, max_bytes: int = MAX_PERSONAL_BYTES) -> Path:
+    """Unpack an uploaded personalization ``.zip`` into ``dest`` safely and return the folder.
+
+    Only ``.safetensors``/``.json``/``.md`` members are accepted; absolute paths, ``..``, links and
+    more than ``max_bytes`` uncompressed are refused (WeightsError), and nothing is left behind then.
+    """
+    import shutil
+    import zipfile
+
+    zip_path, dest = Path(zip_path), Path(dest)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise WeightsError(f"{zip_path.name} is not a .zip of a personalized model ({exc})") from None
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        total = sum(m.file_size for m in members)
+        if total > max_bytes:
+            raise WeightsError(f"{zip_path.name} unpacks to {total / 2**20:.0f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
+        for m in members:
+            name = m.filename
+            parts = Path(name).parts
+            if name.startswith(("/", "\\")) or ".." in parts or (m.external_attr >> 16) & 0o170000 == 0o120000:
+                raise WeightsError(f"{zip_path.name}: refusing the member {name!r} (absolute path, '..' or a link)")
+            if Path(name).suffix not in PERSONAL_FILES:
+                raise WeightsError(f"{zip_path.name}: refusing the member {name!r}; a personalized model holds only "
+                                   f"{', '.join(PERSONAL_FILES)} files")
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            for m in members:
+                target = dest / m.filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(m) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            personalization_kind(dest)
+        except Exception:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+    return dest

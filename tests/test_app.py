@@ -173,11 +173,14 @@ def test_gradio_client_personalize_then_reenact_with_adapter(server, tmp_path):
     """The personalization endpoint streams to completion and returns downloadable safetensors."""
     from gradio_client import Client, handle_file
 
+    import zipfile
+
     client = Client(server, verbose=False)
     photos = [handle_file(str(REPO / "examples" / n)) for n in ("astronaut.jpg", "mona_lisa.jpg")]
-    plot, before, after, files = client.predict(None, photos, 10, "lora", api_name="/personalize")
-    names = sorted(Path(f).name for f in files)
+    plot, before, after, packed = client.predict(None, photos, 10, "lora", api_name="/personalize")
+    names = sorted(zipfile.ZipFile(packed).namelist())  # one download: safetensors + JSON
     assert "adapter.safetensors" in names and "adapter_config.json" in names
+    assert all(n.endswith((".safetensors", ".json", ".md")) for n in names)
     assert before and after
     # the same session uses the adapter straight away in the reenactment endpoint
     short = tmp_path / "short.mp4"
@@ -190,8 +193,40 @@ def test_gradio_client_personalize_then_reenact_with_adapter(server, tmp_path):
                             "relative", False, True, api_name="/reenact")
     path = result["video"] if isinstance(result, dict) else result
     assert Path(path).stat().st_size > 0
+    # another session (no state) passes the downloaded .zip through the API instead
+    other = Client(server, verbose=False)
+    result = other.predict(handle_file(str(REPO / "examples" / "astronaut.jpg")), handle_file(str(short)),
+                           "relative", False, False, handle_file(packed), api_name="/reenact")
+    path = result["video"] if isinstance(result, dict) else result
+    assert Path(path).stat().st_size > 0
+    # a "full" personalization (all weights) is usable too
+    plot, before, after, packed_full = client.predict(None, photos, 10, "full", api_name="/personalize")
+    assert "model_index.json" in zipfile.ZipFile(packed_full).namelist()
+    result = client.predict(handle_file(str(REPO / "examples" / "astronaut.jpg")), handle_file(str(short)),
+                            "relative", False, True, api_name="/reenact")
+    assert Path(result["video"] if isinstance(result, dict) else result).stat().st_size > 0
     with pytest.raises(Exception, match="(?i)video|photos"):
         client.predict(None, [], 10, "lora", api_name="/personalize")
+    # a zip that is not a personalized model is refused with one line
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../evil.py", "print('x')")
+    with pytest.raises(Exception, match="refusing the member"):
+        other.predict(handle_file(str(REPO / "examples" / "astronaut.jpg")), handle_file(str(short)),
+                      "relative", False, False, handle_file(str(bad)), api_name="/reenact")
+
+
+def test_api_names_and_optional_inputs(server):
+    from gradio_client import Client
+
+    info = Client(server, verbose=False).view_api(return_format="dict", print_info=False)
+    endpoints = info["named_endpoints"]
+    params = {p["parameter_name"]: p for p in endpoints["/personalize"]["parameters"]}
+    assert params["photos"]["parameter_has_default"], params["photos"]
+    returns = [r["label"] for r in endpoints["/personalize"]["returns"]]
+    assert "Training loss" in returns and not any(str(r).startswith("value_") for r in returns)
+    reenact = {p["parameter_name"]: p for p in endpoints["/reenact"]["parameters"]}
+    assert reenact["personal_zip"]["parameter_has_default"]
 
 
 def test_personalization_tab_fewshot_family(tmp_path):
@@ -211,12 +246,15 @@ def test_personalization_tab_fewshot_family(tmp_path):
     os.environ["METAPORTRAIT_WEIGHTS"] = str(tmp_path / "w")
     try:
         app = importlib.reload(importlib.import_module("app"))
-        *_, files, person_dir = list(app.personalize(None, [str(REPO / "examples" / "astronaut.jpg"),
-                                                            str(REPO / "examples" / "mona_lisa.jpg")],
-                                                     10, "lora", "fewshot"))[-1]
-        assert any(f.endswith("model.safetensors") for f in files)
+        import zipfile
+
+        updates = list(app.personalize(None, [str(REPO / "examples" / "astronaut.jpg"),
+                                              str(REPO / "examples" / "mona_lisa.jpg")], 10, "lora", "fewshot"))
+        plot, *_, packed, person_dir = updates[-1]
+        assert len(plot) > 1  # the loss curve of the fine-tuning steps, streamed while it ran
+        assert any(n.endswith("model.safetensors") for n in zipfile.ZipFile(packed).namelist())
         out = app.reenact(str(REPO / "examples" / "astronaut.jpg"), str(REPO / "examples" / "driving_webcam.mp4"),
-                          "relative", False, True, person_dir, progress=lambda *a, **k: None)
+                          "relative", False, True, session_folder=person_dir, progress=lambda *a, **k: None)
         import av
 
         with av.open(out) as c:

@@ -44,7 +44,7 @@ import logging
 import math
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -682,6 +682,8 @@ def finetune_fewshot(
     seed: int = 0,
     chunk: int = 16,
     evaluate: bool = True,
+    seconds: float | None = None,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
 ) -> FineTuneResult:
     """Personalise the meta-learned model to T frames of a new person (paper §3.3).
 
@@ -699,6 +701,9 @@ def finetune_fewshot(
         seed: seeds the frame sampling.
         chunk: frames per forward pass when embedding or evaluating all T frames.
         evaluate: measure the content loss on all T frames before and after (``nan`` when False).
+        seconds: a wall-clock budget for the fine-tuning steps (stops early when spent).
+        callback: ``callback(step, losses)`` after every step (1-based); returning True stops
+            (a cancel button).
     """
     if frames.ndim != 4 or frames.shape[1] != 3 or landmark_images.shape != frames.shape or frames.shape[0] < 1:
         raise ValueError(
@@ -775,6 +780,10 @@ def finetune_fewshot(
                 opt_d.step()
             losses.append({"loss_g": loss_g.item(), "loss_content": cnt.total.item(), "loss_adv": adv.item(),
                            "loss_fm": fm.item(), "loss_d": loss_d.item()})
+            if callback is not None and callback(len(losses), losses[-1]):
+                break
+            if seconds is not None and time.perf_counter() - t1 >= seconds:
+                break
     finetune_seconds = time.perf_counter() - t1
     after = _chunked_content_loss(g_p, frames, landmark_images, content_loss, chunk) if losses and evaluate else before
     g_p.eval()
