@@ -114,7 +114,36 @@ def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool
         pipe.reenact(source, driving, out, ReenactOptions(mode=mode, paste_back=paste_back), progress=report)
     except MetaPortraitError as exc:
         raise gr.Error(_friendly(exc, source, driving)) from exc
+    finally:
+        _release_memory()
     return str(out)
+
+
+def playable(video: str | None) -> str | None:
+    """An uploaded video the browser cannot preview (e.g. FLV) is re-encoded to H.264 MP4."""
+    from metaportrait.video import browser_playable, transcode_for_browser
+
+    if not video or browser_playable(video):
+        return video
+    out = Path(tempfile.mkstemp(suffix=".mp4", dir=OUTPUT_DIR)[1])
+    out.unlink()
+    try:
+        return str(transcode_for_browser(video, out, LIMITS))
+    except MetaPortraitError as exc:
+        raise gr.Error(_friendly(exc, video)) from exc
+
+
+def _release_memory() -> None:
+    """Give a finished job's memory back to the system: Python's garbage, then glibc's free lists
+    (glibc keeps freed arenas mapped, so without this a served process only ever grows)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        pass
 
 
 def _friendly(exc: Exception, *uploads: str) -> str:
@@ -216,6 +245,7 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
     before = getattr(res, "before", None)
     after = getattr(res, "after", None)
     del res, person, work  # a finished job keeps only its files
+    _release_memory()
     yield _loss_plot(history), before, after, str(packed), str(out_dir)
 
 
@@ -243,6 +273,8 @@ def upscale(video: str | None, progress: gr.Progress = gr.Progress()) -> tuple[s
         compare_video(video, cmp, model=model, progress=stage("2/2 Side-by-side with bicubic"), limits=LIMITS)
     except MetaPortraitError as exc:
         raise gr.Error(_friendly(exc, video)) from exc
+    finally:
+        _release_memory()
     return str(out), str(cmp)
 
 
@@ -284,13 +316,14 @@ def build_demo() -> gr.Blocks:
                 ],
                 inputs=[source, driving, mode, paste_back],
             )
+            driving.upload(playable, inputs=driving, outputs=driving, api_visibility="private")
             run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, adapter_state],
                       outputs=result, api_name="reenact", concurrency_limit=CONCURRENCY)
         with gr.Tab("Fast personalization"):
             gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "
                         "for the chosen time, starting from the meta-learned weights; every 8th frame is held back "
                         "and the weights that reproduce those frames best are the ones kept. The result can be used "
-                        "at once in the reenactment tab and downloaded as safetensors.")
+                        "at once in the reenactment tab and downloaded as one .zip (safetensors + JSON) to use later.")
             with gr.Row():
                 with gr.Column():
                     p_video = gr.Video(label="Video of the person", sources=["upload"])
@@ -309,6 +342,7 @@ def build_demo() -> gr.Blocks:
                     p_before = gr.Image(label="Before (source | target | output)", interactive=False)
                     p_after = gr.Image(label="After", interactive=False)
                     p_files = gr.File(label="Personalized model (.zip: safetensors + JSON)", interactive=False)
+            p_video.upload(playable, inputs=p_video, outputs=p_video, api_visibility="private")
             p_event = p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind, p_family],
                                   outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
                                   concurrency_limit=1, concurrency_id="personalize")
@@ -327,6 +361,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Column():
                     s_out = gr.Video(label="512² result", interactive=False, buttons=["download"])
                     s_cmp = gr.Video(label="bicubic | super-resolution", interactive=False, buttons=["download"])
+            s_video.upload(playable, inputs=s_video, outputs=s_video, api_visibility="private")
             s_run.click(upscale, inputs=s_video, outputs=[s_out, s_cmp], api_name="upscale",
                         concurrency_limit=CONCURRENCY)
             to_sr.click(lambda v: v, inputs=result, outputs=s_video, api_visibility="private")

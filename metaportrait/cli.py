@@ -28,6 +28,7 @@ def _reenact(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         size=None if args.size == "auto" else int(args.size),
         full_head=not args.face_only,
+        neutral_mouth=args.neutral_mouth,
     )
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter)
     bar = tqdm(total=0, unit="frame", desc="reenact", disable=args.quiet)
@@ -66,6 +67,9 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
                    help="write the whole photo at its own resolution with the head moved (else the face crop)")
     p.add_argument("--size", choices=["auto", "256", "512", "1024"], default="auto",
                    help="face-crop output side (auto: 512 when the photo has ≥ 512 px across the crop, else 256)")
+    p.add_argument("--neutral-mouth", action="store_true",
+                   help="relative mode: transfer the expression relative to closed-mouth estimates of both faces, "
+                        "so an open-mouthed photo can close its mouth (a warp squeezes visible teeth: off by default)")
     p.add_argument("--face-only", action="store_true",
                    help="move only the face mesh (hair, ears and neck stay still; the older geometry)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")

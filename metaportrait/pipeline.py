@@ -80,6 +80,7 @@ class ReenactOptions:
     mouth_min_cutoff: float = 4.0  # Hz: lips
     size: int | None = None  # face-crop output side 256|512|1024; None: 512 when the photo has the pixels
     full_head: bool = True  # extend the mesh to hair, ears, neck and background (else face mesh only)
+    neutral_mouth: bool = False  # relative mode: expression relative to closed-mouth estimates of both faces
 
     def __post_init__(self) -> None:
         if self.size is not None and self.size not in (256, 512, 1024):
@@ -377,7 +378,8 @@ class MetaPortraitPipeline:
             else:
                 if reference is None:
                     reference = lm
-                target = transfer_landmarks(source.landmarks, lm, reference, mode=options.mode)
+                target = transfer_landmarks(source.landmarks, lm, reference, mode=options.mode,
+                                            neutral_mouth=options.neutral_mouth)
                 pending.append(irises_inside_eyelids(target))
             if len(pending) >= options.batch_size:
                 for frame in flush():

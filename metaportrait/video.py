@@ -462,6 +462,30 @@ def _probe_audio(path: PathLike) -> Path | None:
         return p if c.streams.audio else None
 
 
+_BROWSER_CODECS = {("mp4", "h264"), ("mov", "h264"), ("webm", "vp8"), ("webm", "vp9"), ("ogg", "theora")}
+
+
+def browser_playable(path: PathLike) -> bool:
+    """Whether a browser's ``<video>`` element can play the file (MP4/H.264, WebM/VP8-9, Ogg/Theora)."""
+    try:
+        with av.open(str(path)) as c:
+            formats = set(c.format.name.split(","))
+            codec = c.streams.video[0].codec_context.name if c.streams.video else ""
+    except (av.error.FFmpegError, OSError, IndexError):
+        return False
+    return any(fmt in formats and codec == want for fmt, want in _BROWSER_CODECS)
+
+
+def transcode_for_browser(path: PathLike, output: PathLike, limits: InputLimits = DEFAULT_LIMITS) -> Path:
+    """Re-encode a video the browser cannot play (FLV, AVI, MPEG-4 Part 2, …) to H.264 MP4, keeping
+    its frame rate and audio (validated against ``limits`` like any driving video)."""
+    info = probe_video(path, limits)
+    with VideoWriter(output, fps=info.fps, audio_from=path if info.has_audio else None, crf=20, preset="veryfast") as w:
+        for frame in iter_frames(path, limits=limits):
+            w.write(frame)
+    return Path(output)
+
+
 def check_output_path(path: PathLike, suffixes: tuple[str, ...] | None = None, *, kind: str = "file") -> Path:
     """Validate an output path before any work is done; create its missing parent folders.
 

@@ -261,3 +261,38 @@ def test_personalization_tab_fewshot_family(tmp_path):
             assert sum(1 for _ in c.decode(video=0)) == 100
     finally:
         os.environ.pop("METAPORTRAIT_WEIGHTS", None)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_browser_flv_driver_gets_a_playable_preview(server, tmp_path):
+    """An .flv driving video works and its upload preview plays (it is re-encoded to H.264 MP4)."""
+    import av
+    from playwright.sync_api import sync_playwright
+
+    from metaportrait.video import iter_frames
+
+    flv = tmp_path / "drive.flv"
+    frames = list(iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=25))
+    with av.open(str(flv), "w", format="flv") as c:
+        st = c.add_stream("flv", rate=25)
+        st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(server, wait_until="domcontentloaded", timeout=120_000)
+        page.locator("#driving-video input[type=file]").wait_for(state="attached", timeout=120_000)
+        page.locator("#driving-video input[type=file]").set_input_files(str(flv))
+        page.wait_for_function(
+            """() => { const v = document.querySelector('#driving-video video');
+                       return v && v.src && v.src.includes('.mp4') && v.readyState >= 1 && !v.error; }""",
+            timeout=120_000,
+        )
+        duration = page.locator("#driving-video video").evaluate("v => v.duration")
+        browser.close()
+    assert duration == pytest.approx(1.0, abs=0.2)

@@ -104,7 +104,7 @@ def test_reenactment_keeps_the_photos_detail(pipe, big_source, driving_frames):
     ratios = [detail_ratio(f, ref, lm) for f in out]
     assert min(ratios) >= 0.9, ratios
     # the face did move
-    assert max(_box_psnr(f, ref, lm) for f in out[1:]) < 40
+    assert min(_box_psnr(f, ref, lm) for f in out[1:]) < 36
 
 
 def test_paste_back_changes_only_the_head(pipe, big_astronaut, big_source, driving_frames):
@@ -197,9 +197,9 @@ def test_close_mouth_and_relative_mode_close_an_open_mouth(open_mouth_landmarks,
         still = close_mouth(analyzer.largest(astronaut).landmarks)
     assert np.abs(close_mouth(still) - still).max() < 0.5
     # relative mode: the open-mouthed "photo" driven by a closed-mouth driver that does not move
-    out = relative_landmarks(lm, still, still)
+    out = relative_landmarks(lm, still, still, neutral_mouth=True)
     assert mouth_opening(out) < 0.25 * mouth_opening(lm)
-    old = relative_landmarks(lm, still, still, neutral_mouth=False)
+    old = relative_landmarks(lm, still, still)
     assert mouth_opening(old) == pytest.approx(mouth_opening(lm), rel=0.05)
 
 

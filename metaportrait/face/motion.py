@@ -173,19 +173,20 @@ def _invert(sim: tuple[float, np.ndarray, np.ndarray]) -> tuple[float, np.ndarra
 
 
 def relative_landmarks(
-    source: np.ndarray, driving: np.ndarray, driving_reference: np.ndarray, neutral_mouth: bool = True
+    source: np.ndarray, driving: np.ndarray, driving_reference: np.ndarray, neutral_mouth: bool = False
 ) -> np.ndarray:
     """Source landmarks moved by the driver's expression and pose change since the reference.
 
     ``source``, ``driving``, ``driving_reference``: ``N×2`` or ``N×3`` pixels (each in its own
     frame). 3-D fitting is used only when all three have a z column.
 
-    ``neutral_mouth`` (default): the expression is taken relative to estimates of the *neutral*
-    faces, ``close_mouth(source) + (driving − close_mouth(reference))`` in the canonical frame, so
-    a photo with an open mouth closes it when the driver's mouth is closed, and the driver's mouth
-    opening is reproduced as it is rather than added to the photo's. With it off, ``driving ==
-    driving_reference`` returns ``source[:, :2]`` (up to float rounding); with it on, the same
-    with the source's mouth closed. Returns ``N×2`` float32.
+    ``neutral_mouth``: the expression is taken relative to estimates of the *neutral* faces,
+    ``close_mouth(source) + (driving − close_mouth(reference))`` in the canonical frame, so a photo
+    with an open mouth closes it when the driver's mouth is closed, and the driver's mouth opening
+    is reproduced as it is rather than added to the photo's. Off by default: a warp closing a mouth
+    that shows teeth squeezes the teeth into a band under the lips (no warp can draw the lips that
+    would cover them). Off, ``driving == driving_reference`` returns ``source[:, :2]`` (up to float
+    rounding). Returns ``N×2`` float32.
     """
     src = _as_landmarks(source, "source")
     drv = _as_landmarks(driving, "driving")
@@ -240,6 +241,7 @@ def transfer_landmarks(
     driving: np.ndarray,
     driving_reference: np.ndarray,
     mode: Literal["absolute", "relative"],
+    neutral_mouth: bool = False,
 ) -> np.ndarray:
     """Target landmarks for the source (``N×2`` float32 pixels of the source's crop).
 
@@ -248,7 +250,7 @@ def transfer_landmarks(
     them already mapped into the source crop, e.g. both crops made by ``CropTransform``).
     """
     if mode == "relative":
-        return relative_landmarks(source, driving, driving_reference)
+        return relative_landmarks(source, driving, driving_reference, neutral_mouth=neutral_mouth)
     elif mode == "absolute":
         drv = _as_landmarks(driving, "driving")
         return drv[:, :2].astype(np.float32)
