@@ -75,7 +75,7 @@ def _personal_folder(use_personal: bool, session_folder: str | None, upload: str
     if not use_personal:
         return None
     if not session_folder:
-        raise gr.Error("No personalized model yet: run the 'Fast personalization' tab first (or upload its .zip), "
+        raise gr.Error("No personalized model yet: run the 'Personalize' tab first (or upload its .zip), "
                        "or untick the box.")
     return session_folder
 
@@ -287,7 +287,7 @@ def build_demo() -> gr.Blocks:
             "Every output is labelled **AI-generated**. Do not use it to impersonate real people."
         )
         adapter_state = gr.State(None)  # folder of this user's personalization adapter
-        with gr.Tab("One-shot reenactment"):
+        with gr.Tab("Animate", id="animate"):
             with gr.Row():
                 with gr.Column():
                     source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"],
@@ -300,9 +300,9 @@ def build_demo() -> gr.Blocks:
                     )
                     paste_back = gr.Checkbox(label="Whole photo at its own resolution (else the face crop, 512² when the photo has the pixels)",
                                              value=False)
-                    use_personal = gr.Checkbox(label="Use my personalized model (from the personalization tab)",
+                    use_personal = gr.Checkbox(label="Use my personalized model (from the Personalize tab)",
                                                value=False)
-                    personal_zip = gr.File(label="…or upload a personalized model (.zip from the personalization tab)",
+                    personal_zip = gr.File(label="…or upload a personalized model (.zip from the Personalize tab)",
                                            file_types=[".zip"], value=None, elem_id="personal-zip")
                     run = gr.Button("Animate", variant="primary")
                 with gr.Column():
@@ -315,15 +315,17 @@ def build_demo() -> gr.Blocks:
                     [str(EXAMPLES / "mona_lisa.jpg"), str(EXAMPLES / "driving_franck.mp4"), "relative", True],
                 ],
                 inputs=[source, driving, mode, paste_back],
+                example_labels=["Astronaut, driven by a man talking (face crop)",
+                                "Mona Lisa, driven by Franck (whole painting)"],
             )
             driving.upload(playable, inputs=driving, outputs=driving, api_visibility="private")
             run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, adapter_state],
                       outputs=result, api_name="reenact", concurrency_limit=CONCURRENCY)
-        with gr.Tab("Fast personalization"):
+        with gr.Tab("Personalize", id="personalize"):
             gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "
                         "for the chosen time, starting from the meta-learned weights; every 8th frame is held back "
                         "and the weights that reproduce those frames best are the ones kept. The result can be used "
-                        "at once in the reenactment tab and downloaded as one .zip (safetensors + JSON) to use later.")
+                        "at once in the Animate tab and downloaded as one .zip (safetensors + JSON) to use later.")
             with gr.Row():
                 with gr.Column():
                     p_video = gr.Video(label="Video of the person", sources=["upload"])
@@ -350,7 +352,7 @@ def build_demo() -> gr.Blocks:
             # the few-shot family has no LoRA/full choice: hide what the choice ignores
             p_family.change(lambda f: gr.update(visible=f == "metaportrait"), inputs=p_family, outputs=p_kind,
                             api_visibility="private")
-        with gr.Tab("512² super-resolution"):
+        with gr.Tab("512² SR", id="superres"):
             gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
                         "with a side-by-side comparison against bicubic upsampling. A video that is not a square "
                         "face crop has its face found, upscaled and pasted back at twice its size.")

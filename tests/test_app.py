@@ -296,3 +296,27 @@ def test_browser_flv_driver_gets_a_playable_preview(server, tmp_path):
         duration = page.locator("#driving-video video").evaluate("v => v.duration")
         browser.close()
     assert duration == pytest.approx(1.0, abs=0.2)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_browser_narrow_phone_window(server):
+    """At a phone's width (390 px) every tab is reachable without an overflow menu and the examples
+    are not cut off."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(server, wait_until="domcontentloaded", timeout=120_000)
+        page.locator("#source-image input[type=file]").wait_for(state="attached", timeout=120_000)
+        for name in ("Animate", "Personalize", "512² SR"):
+            tab = page.get_by_role("tab", name=name)
+            assert tab.is_visible(), name
+            box = tab.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (name, box)
+        for label in ("Astronaut, driven by a man talking", "Mona Lisa, driven by Franck"):
+            example = page.get_by_text(label)
+            box = example.bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (label, box)
+        browser.close()
