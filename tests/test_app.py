@@ -255,6 +255,19 @@ def test_personalization_tab_fewshot_family(tmp_path):
         assert any(n.endswith("model.safetensors") for n in zipfile.ZipFile(packed).namelist())
         out = app.reenact(str(REPO / "examples" / "astronaut.jpg"), str(REPO / "examples" / "driving_webcam.mp4"),
                           "relative", False, True, session_folder=person_dir, progress=lambda *a, **k: None)
+        # Cancel: closing the stream (what the Cancel button does) stops the training and writes nothing
+        import time as _time
+
+        before = set(app.OUTPUT_DIR.glob("*.zip"))
+        job = app.personalize(None, [str(REPO / "examples" / "astronaut.jpg"), str(REPO / "examples" / "mona_lisa.jpg")],
+                              120, "lora", "fewshot")
+        next(job)
+        t0 = _time.perf_counter()
+        next(job)
+        job.close()
+        assert _time.perf_counter() - t0 < 30
+        _time.sleep(3)
+        assert set(app.OUTPUT_DIR.glob("*.zip")) == before
         import av
 
         with av.open(out) as c:

@@ -84,15 +84,18 @@ def test_upscale_and_compare_video(tmp_path):
     assert n == 12 and w_ == 2 * h
 
 
-def test_upscale_refuses_non_square(tmp_path):
-    from metaportrait.errors import InvalidVideoError
+def test_upscale_non_square_video_pastes_the_face_back(tmp_path):
+    """A whole (non-square) video is no longer refused: its face is upscaled and pasted back at the
+    model's scale factor (see also tests/test_temporal_sr.py)."""
     from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
     from metaportrait.superres import upscale_video
+    from metaportrait.video import probe_video
 
     model = TemporalSuperResolution(TemporalSRConfig.from_preset("tiny"))
-    with pytest.raises(InvalidVideoError, match="square"):
-        upscale_video(EXAMPLES / "driving_franck.mp4", tmp_path / "x.mp4", model=model)
-    assert not (tmp_path / "x.mp4").exists()
+    out = upscale_video(EXAMPLES / "driving_franck.mp4", tmp_path / "x.mp4", model=model)
+    factor = model.config.out_size / model.config.in_size
+    info = probe_video(out)
+    assert (info.width, info.height) == (round(360 * factor), round(288 * factor)) and info.num_frames == 120
 
 
 # ---------------------------------------------------------------- evaluation metrics
@@ -149,6 +152,11 @@ def test_cli_reenact_clear_error_and_no_output(tmp_path, no_face_image):
     assert "error: no face" in res.stderr.lower()
     assert "Traceback" not in res.stderr
     assert not out.exists()
+    # with the progress bar on, the error is still the last thing on the screen (the bar is closed first)
+    res = _cli("reenact", "--source", str(cup), "--driving", str(EXAMPLES / "driving_webcam.mp4"), "--output", str(out),
+               "--weights", str(weights))
+    last = [line for line in res.stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert last.startswith("metaportrait reenact: error:"), res.stderr[-500:]
 
 
 def test_cli_missing_weights(tmp_path):
