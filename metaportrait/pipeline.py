@@ -42,7 +42,17 @@ from metaportrait.face import (
     mesh_warp_grid,
     transfer_landmarks,
 )
-from metaportrait.face.motion import irises_inside_eyelids
+from metaportrait.face.controls import (
+    PARTS,
+    add_smile,
+    apply_parts,
+    move_gaze,
+    raise_brows,
+    rotate_head,
+    set_eye_opening,
+    set_mouth_opening,
+)
+from metaportrait.face.motion import STABLE_POINTS, irises_inside_eyelids
 from metaportrait.face.head_mesh import HeadRings, head_points, head_warp_grid, silhouette_factors
 from metaportrait.face.mesh_warp import source_triangles
 from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE, MOUTH_INNER, MOUTH_OUTER
@@ -81,10 +91,27 @@ class ReenactOptions:
     size: int | None = None  # face-crop output side 256|512|1024; None: 512 when the photo has the pixels
     full_head: bool = True  # extend the mesh to hair, ears, neck and background (else face mesh only)
     neutral_mouth: bool = False  # relative mode: expression relative to closed-mouth estimates of both faces
+    parts: tuple[str, ...] = ("all",)  # motion parts: all | head | expression | eyes | lips (combinable)
+    motion_scale: float = 1.0  # exaggerate (> 1) or damp (< 1) the expression
+    pose_scale: float = 1.0  # scale the head pose change
+    eyes: float | None = None  # retargeting: hold the eye opening (0 closed … 1 wide open) whatever the driver does
+    lips: float | None = None  # retargeting: hold the mouth opening (0 closed … 1 wide open)
+    smile: float = 0.0  # retargeting: add a smile (−1 … 1)
 
     def __post_init__(self) -> None:
         if self.size is not None and self.size not in (256, 512, 1024):
             raise ValueError(f"size must be 256, 512 or 1024, got {self.size!r}")
+        object.__setattr__(self, "parts", tuple(self.parts))
+        unknown = sorted(set(self.parts) - set(PARTS))
+        if unknown or not self.parts:
+            raise ValueError(f"parts must be a non-empty combination of {PARTS}, got {self.parts!r}")
+        for name, lo, hi in (("motion_scale", 0, 3), ("pose_scale", 0, 3), ("smile", -1.5, 1.5)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)!r}")
+        for name in ("eyes", "lips"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1.5:
+                raise ValueError(f"{name} must be in [0, 1.5] or None, got {v!r}")
         for name in ("smoothing_min_cutoff", "eye_min_cutoff", "mouth_min_cutoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -94,6 +121,43 @@ class ReenactOptions:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """A portrait edit without a driving video (a new object per request). ``None``/0 = unchanged.
+
+    eyes / lips: opening 0 (closed) … 1 (wide open); smile / brows: −1 … 1; yaw / pitch / roll:
+    head rotation in degrees (3-D rotation of the landmarks about the head centre); gaze_x / gaze_y:
+    −1 … 1 (image left … right, up … down).
+    """
+
+    eyes: float | None = None
+    lips: float | None = None
+    smile: float = 0.0
+    brows: float = 0.0
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    gaze_x: float = 0.0
+    gaze_y: float = 0.0
+    size: int | None = None
+    paste_back: bool = False
+    visible_label: bool = True
+    full_head: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("eyes", "lips"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1.5:
+                raise ValueError(f"{name} must be in [0, 1.5] or None, got {v!r}")
+        for name, limit in (("smile", 1.5), ("brows", 1.5), ("gaze_x", 1.5), ("gaze_y", 1.5),
+                            ("yaw", 45), ("pitch", 45), ("roll", 45)):
+            v = getattr(self, name)
+            if not -limit <= v <= limit:
+                raise ValueError(f"{name} must be in [-{limit}, {limit}], got {v!r}")
+        if self.size is not None and self.size not in (256, 512, 1024):
+            raise ValueError(f"size must be 256, 512 or 1024, got {self.size!r}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +171,7 @@ class SourceFace:
     identity: torch.Tensor  # 1×D embedding
     rings: HeadRings | None = None  # full-head extension (working-size crop pixels)
     triangles: np.ndarray | None = None  # fixed mesh connectivity over landmarks + rings + border
+    landmarks_3d: np.ndarray | None = None  # 478×3 in crop pixels (x, y, relative depth), for head rotation
     _faces: dict = field(default_factory=dict, repr=False, compare=False)
 
     def face_at(self, size: int) -> np.ndarray:
@@ -228,10 +293,12 @@ class MetaPortraitPipeline:
             if own:
                 analyzer.close()
         crop = CropTransform.from_landmarks(det.landmarks, size=self.size)
-        return self.source_from_crop(crop.crop(img), crop.points_to_crop(det.landmarks), image=img, crop=crop)
+        return self.source_from_crop(crop.crop(img), crop.points_to_crop(det.landmarks), image=img, crop=crop,
+                                     landmarks_3d=crop.points_to_crop(det.landmarks_3d))
 
     def source_from_crop(
-        self, face: np.ndarray, landmarks: np.ndarray, *, image: np.ndarray | None = None, crop: CropTransform | None = None
+        self, face: np.ndarray, landmarks: np.ndarray, *, image: np.ndarray | None = None, crop: CropTransform | None = None,
+        landmarks_3d: np.ndarray | None = None,
     ) -> SourceFace:
         """A :class:`SourceFace` from an already cropped ``size×size`` face and its landmarks (crop pixels)."""
         if face.shape != (self.size, self.size, 3):
@@ -244,7 +311,8 @@ class MetaPortraitPipeline:
         rings = head_points(landmarks, self.size, self.size, silhouette)
         triangles = source_triangles(np.concatenate([landmarks[:, :2], rings.points]), self.size, self.size)
         return SourceFace(image=face if image is None else image, crop=crop, face=face, landmarks=landmarks,
-                          identity=identity, rings=rings, triangles=triangles)
+                          identity=identity, rings=rings, triangles=triangles,
+                          landmarks_3d=None if landmarks_3d is None else np.asarray(landmarks_3d, np.float32))
 
     @torch.inference_mode()
     def embed_identity(self, face: np.ndarray, landmarks: np.ndarray) -> torch.Tensor:
@@ -329,6 +397,52 @@ class MetaPortraitPipeline:
             render_crop(face, g, None if residuals is None else residuals[i]) for i, g in enumerate(grids)
         ])
 
+    @staticmethod
+    def control(source: SourceFace, target: np.ndarray, options: ReenactOptions) -> np.ndarray:
+        """Motion parts, scales and retargeting applied to a transferred target (crop pixels)."""
+        if options.parts != ("all",) or options.motion_scale != 1.0 or options.pose_scale != 1.0:
+            target = apply_parts(source.landmarks, target, options.parts, options.motion_scale, options.pose_scale)
+        if options.eyes is not None:
+            target = set_eye_opening(target, options.eyes)
+        if options.lips is not None:
+            target = set_mouth_opening(target, options.lips)
+        if options.smile:
+            target = add_smile(target, options.smile)
+        return irises_inside_eyelids(target)
+
+    def edited_landmarks(self, source: SourceFace, options: EditOptions) -> np.ndarray:
+        """The source's landmarks with ``options``' edits (crop pixels); the source's own when all are default."""
+        lm = source.landmarks.copy()
+        if options.yaw or options.pitch or options.roll:
+            if source.landmarks_3d is None:
+                raise ValueError("head rotation needs the source's 3-D landmarks (prepare_source gives them)")
+            lm = rotate_head(source.landmarks_3d, options.yaw, options.pitch, options.roll)
+            lm = lm + (source.landmarks[list(STABLE_POINTS)].mean(0) - lm[list(STABLE_POINTS)].mean(0))
+        if options.eyes is not None:
+            lm = set_eye_opening(lm, options.eyes)
+        if options.lips is not None:
+            lm = set_mouth_opening(lm, options.lips)
+        if options.smile:
+            lm = add_smile(lm, options.smile)
+        if options.brows:
+            lm = raise_brows(lm, options.brows)
+        if options.gaze_x or options.gaze_y:
+            lm = move_gaze(lm, options.gaze_x, options.gaze_y)
+        return np.asarray(lm, np.float32)
+
+    def edit(self, source: SourceFace, options: EditOptions = EditOptions()) -> np.ndarray:
+        """The source photo edited without a driving video (uint8): the face crop at ``options.size``
+        or, with ``options.paste_back``, the whole photo at its own resolution. Defaults return the
+        photo unchanged."""
+        target = self.edited_landmarks(source, options)
+        grids, residuals = self.motion(source, [target], options.full_head)
+        res = None if residuals is None else residuals[0]
+        if options.paste_back:
+            frame = render_into_photo(source.image, source.crop, grids[0], res)
+        else:
+            frame = render_crop(source.face_at(output_size(source.crop, options.size, self.size)), grids[0], res)
+        return add_visible_label(frame) if options.visible_label else frame
+
     def animate(
         self,
         source: SourceFace,
@@ -380,7 +494,7 @@ class MetaPortraitPipeline:
                     reference = lm
                 target = transfer_landmarks(source.landmarks, lm, reference, mode=options.mode,
                                             neutral_mouth=options.neutral_mouth)
-                pending.append(irises_inside_eyelids(target))
+                pending.append(self.control(source, target, options))
             if len(pending) >= options.batch_size:
                 for frame in flush():
                     count += 1
@@ -451,6 +565,7 @@ class MetaPortraitPipeline:
 
 
 __all__ = [
+    "EditOptions",
     "MetaPortraitPipeline",
     "ReenactOptions",
     "ReenactResult",
