@@ -26,7 +26,7 @@ import torch
 from metaportrait.errors import WeightsError
 from metaportrait.face import CropTransform, FaceAnalyzer, draw_landmark_image, transfer_landmarks
 from metaportrait.io import DEFAULT_LIMITS, InputLimits
-from metaportrait.personalize import PersonFrames
+from metaportrait.person import PersonFrames
 from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
 
 
