@@ -1,4 +1,4 @@
-"""Few-shot family (Zakharov et al. 2019, DESIGN.md §3) at inference: personalize on T frames, then reenact.
+"""Few-shot family (Zakharov et al. 2019; docs/METHOD.md §10) at inference: personalize on T frames, then reenact.
 
 A personalized few-shot generator G'(y) holds the person's identity in its AdaIN parameters
 ψ' (initialised to P·ê, then optionally fine-tuned); it renders a face from a landmark image

@@ -1,4 +1,4 @@
-"""Fast personalization (MetaPortrait §3.2 "fast personalization"; DESIGN.md §2.5).
+"""Fast personalization (MetaPortrait §3.2 "fast personalization"; docs/METHOD.md §8).
 
 Fine-tune the generator on frames of one person, starting from the meta-learned weights (the
 ``meta`` component of a pipeline folder; the base weights when there is none), with the base

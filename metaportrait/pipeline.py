@@ -1,6 +1,6 @@
 """The one-shot reenactment pipeline: a portrait photo + a driving video -> a talking-head video.
 
-MetaPortrait §3.1 at inference time (DESIGN.md §2.1, §2.7):
+MetaPortrait §3.1 at inference time (docs/METHOD.md §1):
 
 1. the source face is detected (largest face, MediaPipe), cropped square with margin to 256² and
    its 478 dense landmarks, landmark image and identity embedding (SFace) are computed once;
