@@ -185,7 +185,8 @@ class MetaPortraitPipeline:
     ) -> MetaPortraitPipeline:
         """Load from a pipeline folder, a single generator folder or a Hub repo id (strict).
 
-        ``weights=None`` uses the embedded ``weights/`` folder (or ``$METAPORTRAIT_WEIGHTS``);
+        ``weights=None`` uses ``$METAPORTRAIT_WEIGHTS`` when set, else the embedded ``weights/`` folder
+        of a source checkout (a wheel has none: then pass a folder or a Hub repo id);
         ``adapter`` is a personalization adapter folder (``metaportrait personalize``).
         """
         from metaportrait.identity import load_identity_encoder
