@@ -1,6 +1,6 @@
 """Parameter counts and CPU speed of the generator presets, with FOMM vox-256 as the reference row.
 
-Speed targets are ratios to a reference timed in the same run (DESIGN.md §2.8: absolute CPU
+Speed targets are ratios to a reference timed in the same run (README "Speed": absolute CPU
 times moved 2× between our machines while ratios held). The reference is First Order Motion
 Model (Siarohin et al. 2019), ``config/vox-256.yaml``: keypoint detector (hourglass, 10 keypoints
 with jacobians) + occlusion-aware generator (dense motion hourglass, 2 down blocks, 6 residual

@@ -16,7 +16,7 @@ first half is the personalization set, its second half the held-out evaluation f
   fine-tuning time and held-out error for T = 1, 8, 32 frames, FT and feed-forward (FF);
 * save a plot (error vs seconds) next to ``--output``.
 
-Usage: ``python benchmarks/personalization.py --data /work/data/prepared --weights weights
+Usage: ``python benchmarks/personalization.py --data data/prepared --weights weights
 [--seconds 60] [--output benchmarks/results/personalization]``.
 """
 

@@ -9,7 +9,7 @@ Prints, for the embedded (``demo``) weights on this machine's CPU:
   has more than 512 px);
 * peak RSS of a whole run on a 10 s and on a 60 s driving video (each run in its own process);
 * the reference: FOMM vox-256 (keypoint detector + generator, random weights) per-frame time
-  measured in the same run, and the ratio of our per-frame time to it (DESIGN.md §2.8: the
+  measured in the same run, and the ratio of our per-frame time to it (README "Speed": the
   "≥ 10 FPS" target means ≤ 0.2× FOMM's per-frame time on the same machine).
 
 Usage: ``python benchmarks/reenactment.py [--threads 2] [--weights DIR]``. Driving videos of

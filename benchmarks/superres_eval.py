@@ -5,10 +5,11 @@ the 512² ground truth is downsampled to 256² — ``--input clean``: an area fi
 degraded``: the training degradation of a config (blur, resize, noise, JPEG; one draw per clip,
 seeded by the clip's position, as GFPGAN-style synthetic test sets are made) — then upscaled back by: bicubic, the
 SR network over sliding windows (temporal), and the same network frame by frame (window 1,
-t = 1). Reported: PSNR and SSIM against the ground truth, E_warp (DESIGN.md §2.6; lower = more
-temporally stable, the ground truth's own value is the floor), and frames per second.
+t = 1). Reported: PSNR and SSIM against the ground truth, E_warp (MetaPortrait supplementary
+eqs. 1-2, docs/METHOD.md §11; lower = more temporally stable, the ground truth's own value is the
+floor), and frames per second.
 
-Usage: ``python benchmarks/superres_eval.py --data /work/data/prepared --weights weights [--frames 48]``.
+Usage: ``python benchmarks/superres_eval.py --data data/prepared --weights weights [--frames 48]``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Low-rank adapters (LoRA) for personalization of a MetaPortrait network.
 
 Not part of the paper: MetaPortrait personalises by fine-tuning all weights from the meta-learned
-init (Sec. 3.3 / 4.4). A per-person copy of the whole generator is large; a LoRA adapter
+init (MetaPortrait §3.2). A per-person copy of the whole generator is large; a LoRA adapter
 (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") stores only the low-rank
 update ``W' = W + (alpha / r) * B @ A`` of each adapted layer (for a k x k convolution, ``A`` is a
 k x k convolution to ``r`` channels and ``B`` a 1 x 1 convolution back), with ``B`` zero-initialised

@@ -1,4 +1,4 @@
-"""Few-shot family (Zakharov et al. 2019, DESIGN.md §3) at inference: personalize on T frames, then reenact.
+"""Few-shot family (Zakharov et al. 2019; docs/METHOD.md §10) at inference: personalize on T frames, then reenact.
 
 A personalized few-shot generator G'(y) holds the person's identity in its AdaIN parameters
 ψ' (initialised to P·ê, then optionally fine-tuned); it renders a face from a landmark image
@@ -26,7 +26,7 @@ import torch
 from metaportrait.errors import WeightsError
 from metaportrait.face import CropTransform, FaceAnalyzer, draw_landmark_image, transfer_landmarks
 from metaportrait.io import DEFAULT_LIMITS, InputLimits
-from metaportrait.personalize import PersonFrames
+from metaportrait.person import PersonFrames
 from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
 
 

@@ -1,4 +1,4 @@
-"""Loading the identity encoder E_id (paper §3.2, eqs. 1-2; DESIGN.md §2.3, §4) and embedding one face.
+"""Loading the identity encoder E_id (paper §3.1, eqs. 1-2; docs/METHOD.md §6.1) and embedding one face.
 
 Sources understood by :func:`load_identity_encoder`:
 

@@ -1,4 +1,4 @@
-"""Image loading and validation for user inputs (the source portrait of DESIGN.md §1/§6.1).
+"""Image loading and validation for user inputs (the source portrait: any photo a user uploads).
 
 Everything a user can upload goes through :func:`load_image`, which turns any supported still
 image into the package's numpy convention (``uint8`` RGB ``H×W×3``) or raises one of the

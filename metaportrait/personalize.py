@@ -1,4 +1,4 @@
-"""Fast personalization (MetaPortrait §3.2 "fast personalization"; DESIGN.md §2.5).
+"""Fast personalization (MetaPortrait §3.2 "fast personalization"; docs/METHOD.md §8).
 
 Fine-tune the generator on frames of one person, starting from the meta-learned weights (the
 ``meta`` component of a pipeline folder; the base weights when there is none), with the base
@@ -21,10 +21,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from metaportrait.errors import NoFaceError
-from metaportrait.face import CropTransform, FaceAnalyzer
-from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
-from metaportrait.video import iter_frames, probe_video
+# PersonFrames and collect_frames are shared with the few-shot family; they are re-exported here,
+# where they have always been importable from
+from metaportrait.person import PersonFrames, collect_frames
 
 ProgressFn = Callable[[int, float, float], bool | None]
 """``progress(step, loss, elapsed_seconds)``; returning True stops early."""
@@ -68,17 +67,6 @@ class PersonalizeOptions:
         if self.rank < 1 or self.batch_size < 1 or self.max_frames < 2:
             raise ValueError(f"rank, batch_size >= 1 and max_frames >= 2 required, got {self.rank}, "
                              f"{self.batch_size}, {self.max_frames}")
-
-
-@dataclass
-class PersonFrames:
-    """Cropped frames of one person (uint8 N×S×S×3) and their landmarks (N×478×2, crop pixels)."""
-
-    frames: np.ndarray
-    landmarks: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.frames)
 
 
 @dataclass
@@ -127,42 +115,6 @@ def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFram
         l1s.append(diff.abs().mean(dim=(1, 2, 3)))
         psnrs.append(10 * torch.log10(1.0 / diff.pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)))
     return float(torch.cat(l1s).mean()), float(torch.cat(psnrs).mean())
-
-
-def collect_frames(video: str | Path | None = None, images: Sequence[str | Path | np.ndarray] = (), *,
-                   size: int = 256, max_frames: int = 64, limits: InputLimits = DEFAULT_LIMITS) -> PersonFrames:
-    """Frames of one person from a video (one crop box, fixed on its first face, as the paper) and/or photos.
-
-    Video frames are sampled evenly over the clip. Raises :class:`NoFaceError` when fewer than two
-    frames with a face are found.
-    """
-    frames: list[np.ndarray] = []
-    lms: list[np.ndarray] = []
-    if video is not None:
-        info = probe_video(video, limits)
-        stride = max(1, info.num_frames // max_frames)
-        crop: CropTransform | None = None
-        with FaceAnalyzer(static_image_mode=False, max_faces=1) as fa:
-            for i, frame in enumerate(iter_frames(video, limits=limits)):
-                if i % stride or len(frames) >= max_frames:
-                    continue
-                dets = fa.detect(frame)
-                if not dets:
-                    continue
-                if crop is None:
-                    crop = CropTransform.from_landmarks(dets[0].landmarks, size=size)
-                frames.append(crop.crop(frame))
-                lms.append(crop.points_to_crop(dets[0].landmarks).astype(np.float32))
-    with FaceAnalyzer(static_image_mode=True) as fa:
-        for img in images:
-            arr = load_image(img, limits)
-            det = fa.largest(arr)
-            c = CropTransform.from_landmarks(det.landmarks, size=size)
-            frames.append(c.crop(arr))
-            lms.append(c.points_to_crop(det.landmarks).astype(np.float32))
-    if len(frames) < 2:
-        raise NoFaceError(f"personalization needs at least 2 frames with a face, found {len(frames)}")
-    return PersonFrames(np.stack(frames), np.stack(lms))
 
 
 class PersonPairs(torch.utils.data.Dataset):

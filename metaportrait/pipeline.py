@@ -1,6 +1,6 @@
 """The one-shot reenactment pipeline: a portrait photo + a driving video -> a talking-head video.
 
-MetaPortrait §3.1 at inference time (DESIGN.md §2.1, §2.7):
+MetaPortrait §3.1 at inference time (docs/METHOD.md §1):
 
 1. the source face is detected (largest face, MediaPipe), cropped square with margin to 256² and
    its 478 dense landmarks, landmark image and identity embedding (SFace) are computed once;
@@ -251,7 +251,8 @@ class MetaPortraitPipeline:
     ) -> MetaPortraitPipeline:
         """Load from a pipeline folder, a single generator folder or a Hub repo id (strict).
 
-        ``weights=None`` uses the embedded ``weights/`` folder (or ``$METAPORTRAIT_WEIGHTS``);
+        ``weights=None`` uses ``$METAPORTRAIT_WEIGHTS`` when set, else the embedded ``weights/`` folder
+        of a source checkout (a wheel has none: then pass a folder or a Hub repo id);
         ``adapter`` is a personalization adapter folder (``metaportrait personalize``).
         """
         from metaportrait.identity import load_identity_encoder

@@ -1,4 +1,4 @@
-"""Streaming temporal super-resolution of a frame sequence (MetaPortrait §3.3; DESIGN §2.6).
+"""Streaming temporal super-resolution of a frame sequence (MetaPortrait §3.3; docs/METHOD.md §9).
 
 :func:`upscale_frames` runs :class:`~metaportrait.models.temporal_sr.TemporalSuperResolution` over
 overlapping windows of ``window`` frames and yields one 512² frame per 256² input frame, in order,

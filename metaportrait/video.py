@@ -1,4 +1,4 @@
-"""Video input/output through PyAV (DESIGN.md §4 "Video", §5 pipeline post-processing, §1 labelling).
+"""Video input/output through PyAV (the pipeline's video reading, encoding and "AI-generated" labelling).
 
 * :func:`probe_video` validates an uploaded driving video (container, stream, first decodable
   frame, :class:`~metaportrait.io.InputLimits`) and returns a :class:`VideoInfo`.

@@ -24,20 +24,43 @@ from metaportrait.errors import WeightsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_WEIGHTS = REPO_ROOT / "weights"
+"""The pipeline folder beside the package in a source checkout. A package installed from a wheel
+has no source tree beside it, so there this folder does not exist."""
 MODEL_INDEX = "model_index.json"
 FORMAT = "metaportrait-pipeline-v1"
+WEIGHTS_ENV = "METAPORTRAIT_WEIGHTS"
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
+def default_weights() -> str | Path:
+    """The weights used when none are given: ``$METAPORTRAIT_WEIGHTS`` when set, else the embedded
+    ``weights/`` folder of a source checkout.
+
+    Raises :class:`WeightsError` when neither exists (e.g. the package was installed from a wheel),
+    saying how to name the weights instead.
+    """
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return env
+    if (EMBEDDED_WEIGHTS / MODEL_INDEX).is_file():
+        return EMBEDDED_WEIGHTS
+    raise WeightsError(
+        f"no weights were given and there are no embedded weights ({EMBEDDED_WEIGHTS} holds no {MODEL_INDEX}; "
+        "a package installed from a wheel has no source tree beside it): pass a pipeline folder "
+        "(e.g. from_pretrained('path/to/weights'), or --weights DIR on the command line), "
+        f"set ${WEIGHTS_ENV} to one, or give a Hugging Face Hub repo id ('org/name')"
+    )
+
+
 def resolve_pipeline_folder(source: str | Path | None, components: tuple[str, ...] = ("base",)) -> Path:
-    """Return a local pipeline folder for ``source`` (None = the embedded ``weights/``).
+    """Return a local pipeline folder for ``source`` (None = :func:`default_weights`).
 
     ``source`` may be a local folder (a pipeline folder, or a single generator folder holding
     ``config.json`` + ``model.safetensors``, which is then treated as ``base``) or a Hub repo id.
     Only the listed ``components`` are downloaded from the Hub.
     """
     if source is None:
-        source = os.environ.get("METAPORTRAIT_WEIGHTS") or EMBEDDED_WEIGHTS
+        source = default_weights()
     path = Path(source).expanduser()
     if path.is_dir():
         return path

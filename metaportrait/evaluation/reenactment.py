@@ -8,7 +8,7 @@ Two protocols on a prepared data folder (docs/DATA_FORMAT.md):
   errors of the output against the driving landmarks (MediaPipe on the output, normalised by the
   driving inter-ocular distance) split into *expression* (residual after the best similarity
   fit, like AED) and *pose* (displacement explained by that similarity, like APD), and E_warp
-  (temporal consistency, DESIGN §2.6);
+  (temporal consistency, :mod:`metaportrait.evaluation.temporal`; docs/METHOD.md §11);
 * **cross-identity** — source = a frame of one held-out person, driving = another person's clip
   in ``relative`` mode; no ground truth: CSIM to the source and landmark error against the
   transferred target landmarks.

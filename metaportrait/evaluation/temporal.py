@@ -1,6 +1,7 @@
 """Temporal-consistency and fidelity metrics for frame sequences (MetaPortrait §4.4, supp. eqs. 1-2).
 
-:func:`e_warp` — the warping error of DESIGN §2.6:
+:func:`e_warp` — the warping error of MetaPortrait's supplementary material, eqs. 1-2
+(docs/METHOD.md §11):
 
 ``E_warp = 1/(T-1) Σ_{t=2..T} Σ_x M_t(x) ‖V_t(x) − V̂_{t−1}(x)‖₁ / (3 Σ_x M_t(x))``
 

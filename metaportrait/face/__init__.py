@@ -1,4 +1,4 @@
-"""Face utilities, numpy in / numpy out (DESIGN §2.1, §2.2, §2.7).
+"""Face utilities, numpy in / numpy out (docs/METHOD.md §2-4: landmarks, relative motion, mesh warp).
 
 Images are ``uint8`` RGB ``H×W×3``; landmarks are ``float32`` ``478×2`` continuous pixel
 coordinates ``(x, y)`` (``(0, 0)`` is the top-left corner of the image, pixel centres at

@@ -1,4 +1,4 @@
-"""Face crop that keeps its transform (DESIGN §2.1 "Crop"): a square box around the face with a
+"""Face crop that keeps its transform (docs/METHOD.md §2.2): a square box around the face with a
 margin, resampled to the model's resolution, and pasted back into the original frame.
 
 Coordinates are continuous pixel coordinates (``(0, 0)`` = top-left corner of the image, pixel

@@ -1,4 +1,4 @@
-"""The landmark image of MetaPortrait (DESIGN §2.1 "Dense landmarks and the landmark image").
+"""The landmark image of MetaPortrait (Zhang et al., CVPR 2023, §3.1; docs/METHOD.md §2.3).
 
 Every connection between neighbouring MediaPipe landmarks (the union of FACEMESH_TESSELATION,
 FACEMESH_CONTOURS and FACEMESH_IRISES, each edge once) is drawn as an anti-aliased line of

@@ -1,5 +1,6 @@
-"""Dense face landmarks (DESIGN §2.1): MediaPipe Face Mesh, 478 points, as the open substitute
-for the paper's 669 unreleased dense landmarks.
+"""Dense face landmarks (docs/METHOD.md §2.1): MediaPipe Face Mesh, 478 points, as the open
+substitute for the 669 dense landmarks of MetaPortrait (Zhang et al., CVPR 2023), whose detector
+was never released.
 
 ``FaceAnalyzer`` wraps ``mediapipe.solutions.face_mesh.FaceMesh(refine_landmarks=True)``
 (468 mesh points + 10 iris points) and makes it robust to small faces in large frames (a

@@ -1,5 +1,5 @@
-"""Classical piecewise-affine mesh warp (DESIGN §2.2: the baseline the warping network must beat
-and the analytic prior of its flow F_w).
+"""Classical piecewise-affine mesh warp (docs/METHOD.md §4.1): the baseline the warping network of
+MetaPortrait (Zhang et al., CVPR 2023, §3.1) must beat, and the analytic prior of its flow F_w.
 
 The driving frame is triangulated (Delaunay) over the driving landmarks plus fixed anchor points
 on the frame border; every output pixel takes the barycentric coordinates of its driving

@@ -1,6 +1,7 @@
-"""Cross-identity relative motion (DESIGN §2.7): the driver's expression and head-pose *changes*
-move the source's own landmarks, so the driver's face shape does not leak into the output (the
-open equivalent of the paper's 3DMM identity/expression split; FOMM ``--relative``, LivePortrait).
+"""Cross-identity relative motion (docs/METHOD.md §3): the driver's expression and head-pose
+*changes* move the source's own landmarks, so the driver's face shape does not leak into the output
+(the open equivalent of MetaPortrait's 3DMM identity/expression split; FOMM ``--relative``,
+Siarohin et al. 2019; LivePortrait).
 
 1. Each landmark set is aligned to a canonical frame by a similarity Procrustes fit (Umeyama:
    rotation, uniform scale, translation) of its *stable* points (forehead, nose bridge, eye

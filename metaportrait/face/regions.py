@@ -1,5 +1,6 @@
-"""Eye and mouth regions from the landmark indices (DESIGN §2.1; used by the eye/mouth losses of
-§2.4 and by masks), and the five alignment points of ArcFace/SFace identity embeddings (§2.3).
+"""Eye and mouth regions from the landmark indices (docs/METHOD.md §2.4; used by the eye/mouth
+losses L_eye/L_mouth of MetaPortrait, Zhang et al., CVPR 2023, §3.1, and by masks), and the five
+alignment points of ArcFace/SFace identity embeddings (the identity encoder E_id, §3.1 eqs. 1-2).
 
 Naming follows the image, as the ArcFace five-point template does: ``LEFT_EYE`` is the eye on
 the image's left in an upright, non-mirrored photo — the subject's right eye, MediaPipe's

@@ -1,7 +1,7 @@
-"""Temporal smoothing of landmark tracks (DESIGN §2.1: video landmarks jitter; smooth them over
-time before drawing). The One-Euro filter (Casiez, Roussel and Vogel, CHI 2012): a low-pass
-filter whose cutoff rises with the signal's speed, so a still face stops jittering while a
-talking mouth is followed without lag.
+"""Temporal smoothing of landmark tracks (docs/METHOD.md §2.5: landmarks detected frame by frame
+jitter, so tracks are smoothed over time before they are drawn). The One-Euro filter (Casiez,
+Roussel and Vogel, CHI 2012): a low-pass filter whose cutoff rises with the signal's speed, so a
+still face stops jittering while a talking mouth is followed without lag.
 
 ``cutoff = min_cutoff + beta × |dx/dt|`` per element, ``alpha = 1 / (1 + fps_tau)``.
 ``smooth_track`` expresses the speed in face sizes per second (the track is divided by its

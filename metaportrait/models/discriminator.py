@@ -1,4 +1,4 @@
-"""Multi-scale patch discriminator for L_adv of MetaPortrait (paper §3.3; DESIGN.md §2.4).
+"""Multi-scale patch discriminator for L_adv of MetaPortrait (paper §3.1; docs/METHOD.md §7).
 
 pix2pixHD-style (Wang et al. 2018), as the official code: ``num_scales`` PatchGAN discriminators,
 the k-th reading the input average-pooled ``k`` times (3×3, stride 2). Each is

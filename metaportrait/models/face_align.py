@@ -1,9 +1,10 @@
-"""Differentiable 5-point face alignment for the identity encoder E_id (paper §3.2, eqs. 1-2).
+"""Differentiable 5-point face alignment for the identity encoder E_id (paper §3.1, eqs. 1-2).
 
 MetaPortrait's identity embedding ``z_id = E_id(I_s)`` and identity loss
-``L_id = 1 - cos(E_id(Ĩ_y), E_id(I_s))`` (DESIGN.md §2.3-2.4) run a face-recognition network on
-faces aligned to the ArcFace 112×112 five-point template. This module does that alignment in
-torch so that gradients flow from the identity loss back into the generated image:
+``L_id = 1 - cos(E_id(Ĩ_y), E_id(I_s))`` (MetaPortrait §3.1; docs/METHOD.md §6.1, §7) run a
+face-recognition network on faces aligned to the ArcFace 112×112 five-point template. This module
+does that alignment in torch so that gradients flow from the identity loss back into the
+generated image:
 
 1. :func:`estimate_similarity` — least-squares similarity transform (Umeyama 1991) from the
    five detected points to the template, in closed form (no SVD: in 2D the rotation-and-scale

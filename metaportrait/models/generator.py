@@ -1,13 +1,13 @@
 """MetaPortrait base generator: warping network + ID-preserving refinement network (paper §3.1).
 
 One Hub model holding both networks (saved/loaded as one ``config.json`` + ``model.safetensors``).
-``stage="warp"`` runs the warping network only (training stage 1 of DESIGN.md §2.4: the output
+``stage="warp"`` runs the warping network only (training stage 1 of docs/METHOD.md §7: the output
 image is the warped source); ``stage="full"`` runs both (stage 2 and inference).
 
 Presets (:data:`PRESETS`, :func:`generator_config`):
 
 * ``"paper"`` — 256², official-like widths (E_w 64-…-512, 512-d motion code, flow at 64), no prior,
-  tanh output; ≈130M parameters like the paper's 130.28M (DESIGN.md §2.8).
+  tanh output; ≈130M parameters like the 130.28M MetaPortrait reports.
 * ``"demo"`` — 256², mesh-warp prior as input (the network predicts a residual on it), residual
   output; sized for interactive use on a 2-core CPU.
 * ``"demo-blend"`` — ``"demo"`` whose refinement output is a per-pixel mixture of the warped source

@@ -2,7 +2,7 @@
 
 GFP-GAN (Wang et al., CVPR 2021), "clean" variant (no compiled CUDA ops): a U-Net whose decoder
 features give spatial feature transform (SFT) scale/shift maps that modulate a pretrained
-StyleGAN2 generator. MetaPortrait's temporal super-resolution (DESIGN §2.6, paper eq. 10) starts
+StyleGAN2 generator. MetaPortrait's temporal super-resolution (paper §3.3, eq. 10) starts
 from these weights (GFPGAN v1.3/v1.4), so this module reproduces the official
 ``gfpgan/archs/gfpganv1_clean_arch.py`` and ``stylegan2_clean_arch.py`` **with the same
 state-dict key names**: an official ``params_ema`` loads into :class:`GFPGANv1Clean` strictly.

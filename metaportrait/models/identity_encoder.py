@@ -1,4 +1,4 @@
-"""Identity encoder E_id of MetaPortrait (paper §3.2, eqs. 1-2; DESIGN.md §2.3-2.4).
+"""Identity encoder E_id of MetaPortrait (paper §3.1, eqs. 1-2; docs/METHOD.md §6.1).
 
 ``z_id = E_id(I_s)`` is a frozen, pretrained face-recognition embedding. It conditions the
 ID-preserving refinement network (AdaIN in every fusion block) and defines the identity loss

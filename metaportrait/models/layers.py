@@ -1,4 +1,4 @@
-"""Shared layers of the MetaPortrait networks (DESIGN.md §2.2-2.3, paper §3.1, eqs. 1-2).
+"""Shared layers of the MetaPortrait networks (MetaPortrait §3.1, eqs. 1-2; docs/METHOD.md §5-6).
 
 * :class:`AdaIN` — instance norm + per-channel affine predicted from a code (motion code z_w in
   the warping hourglass F_w, identity code z_id in the refinement decoder; paper eq. 1).

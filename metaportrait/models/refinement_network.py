@@ -1,4 +1,4 @@
-"""ID-preserving refinement network of MetaPortrait (paper §3.1, eqs. 1-2; DESIGN.md §2.3).
+"""ID-preserving refinement network of MetaPortrait (paper §3.1, eqs. 1-2; docs/METHOD.md §6).
 
 * A source feature encoder gives features ``f_k`` at scales ``1/2**k`` (k = 0..num_down).
 * Each ``f_k`` is warped by the warping network's grid (resampled to that scale) and weighted by

@@ -1,4 +1,4 @@
-"""Temporal-consistent super-resolution (MetaPortrait §3.3, paper eq. 10; DESIGN §2.6).
+"""Temporal-consistent super-resolution (MetaPortrait §3.3, eq. 10; docs/METHOD.md §9).
 
 A U-Net of 3D convolutions runs over a window of ``T`` consecutive 256×256 frames; its decoder
 features give SFT scale/shift maps (as GFPGANv1Clean does) that modulate a StyleGAN2 generator,

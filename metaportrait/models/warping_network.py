@@ -1,4 +1,4 @@
-"""Warping network ``w = F_w(x_in, z_w)`` of MetaPortrait (paper §3.1; DESIGN.md §2.2).
+"""Warping network ``w = F_w(x_in, z_w)`` of MetaPortrait (paper §3.1; docs/METHOD.md §5).
 
 * ``x_in = concat(I_s, L_s, L_d)`` — source image and source/driving landmark images (9 channels);
   with ``use_prior`` also the source warped by a classical mesh-warp prior grid and that prior

@@ -1,13 +1,13 @@
 """Torch datasets over prepared data (docs/DATA_FORMAT.md) for the training stages of
-MetaPortrait (DESIGN §2.4 base model, §2.5 meta-learning, §2.6 temporal super-resolution).
+MetaPortrait (docs/METHOD.md §7 base model, §8 meta-learning, §9 temporal super-resolution).
 
 * :class:`PairDataset` — source/driving frames of the same clip (paper §4: "source and driving
   frames from the same video"), with everything the base objective needs: landmark images
-  (§2.1), the classical mesh-warp prior grid (§2.2), eye/mouth boxes (§2.4) and the five points
-  for identity alignment (§2.3).
+  (METHOD §2.3), the classical mesh-warp prior grid (§4.1), eye/mouth boxes (§2.4, for the eye/mouth
+  losses of §7) and the five points for identity alignment (§6.1).
 * :class:`IdentityFramesDataset` — one item = a batch of pairs of one identity (Reptile inner
-  loop, §2.5: 48 images per identity).
-* :class:`ClipDataset` — ``clip_len`` consecutive frames (super-resolution, §2.6: 7 frames).
+  loop, METHOD §8: 48 images per identity in the paper's recipe).
+* :class:`ClipDataset` — ``clip_len`` consecutive frames (super-resolution, METHOD §9: 7 frames).
 * :class:`SyntheticMotionDataset` — still portraits animated by landmark-driven synthetic motion
   (head roll/scale/shift/turn, mouth opening, blinks) rendered with the piecewise-affine mesh
   warp. For these pairs the prior grid reproduces the driving frame exactly (``prior_is_exact``),
@@ -92,7 +92,7 @@ class PairSample:
 
     Attributes (per item; batched tensors have a leading ``B``):
         source, driving: ``3×H×W`` RGB in [-1, 1].
-        source_landmark_image, driving_landmark_image: ``3×H×W`` in [-1, 1] (DESIGN §2.1).
+        source_landmark_image, driving_landmark_image: ``3×H×W`` in [-1, 1] (docs/METHOD.md §2.3).
         source_landmarks, driving_landmarks: ``478×2`` pixels.
         prior_grid: ``H×W×2`` grid_sample coords; ``grid_sample(source, prior_grid)`` is the
             classical mesh warp of the source onto the driving landmarks.
@@ -497,7 +497,7 @@ class PairDataset(_Seeded, Dataset):
 
 
 class IdentityFramesDataset(_Seeded, Dataset):
-    """One item = ``frames_per_identity`` same-clip pairs of one identity, batched (Reptile, §2.5).
+    """One item = ``frames_per_identity`` same-clip pairs of one identity, batched (Reptile, METHOD §8).
 
     Clips of the identity are drawn in proportion to their usable frames; each pair's source and
     driving come from the same clip. Items are batched :class:`PairSample` s (``B =
@@ -545,7 +545,7 @@ class IdentityFramesDataset(_Seeded, Dataset):
 
 
 class ClipDataset(_Seeded, Dataset):
-    """Windows of ``clip_len`` consecutive frames (temporal super-resolution, DESIGN §2.6).
+    """Windows of ``clip_len`` consecutive frames (temporal super-resolution, MetaPortrait §3.3).
 
     Every window lies inside one clip's split range; ``stride`` spaces the window starts.
     ``augment`` flips the whole window horizontally with p=0.5.

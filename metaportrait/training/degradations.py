@@ -1,4 +1,4 @@
-"""Synthetic degradations for training temporal super-resolution (MetaPortrait §3.3; DESIGN §2.6).
+"""Synthetic degradations for training temporal super-resolution (MetaPortrait §3.3; docs/METHOD.md §9).
 
 GFPGAN/basicsr-style first-order model ``y = JPEG_q( resize( (x ⊛ k)↓s ) + n )``:
 

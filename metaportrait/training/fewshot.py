@@ -1,5 +1,5 @@
 """Meta-learning and few-shot fine-tuning of Zakharov et al. 2019 ("Few-Shot Adversarial Learning of
-Realistic Neural Talking Head Models", §3.2-3.3; DESIGN §3).
+Realistic Neural Talking Head Models", §3.2-3.3; docs/METHOD.md §10).
 
 **Meta-learning (§3.2).** Each episode picks a training video i, K frames s_1..s_K and a target
 frame t of it. ê_i = mean_k E(x_i(s_k), y_i(s_k)) (eq. 1), x̂_i(t) = G(y_i(t), ê_i) (eq. 2).
@@ -99,7 +99,7 @@ CHECKPOINT_PREFIX = "step_"
 # -- configuration -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FewShotLossWeights:
-    """Loss weights (DESIGN §3): content 1.5e-1 (VGG19) and 2.5e-2 (VGGFace; SFace here),
+    """Loss weights of Zakharov et al. 2019: content 1.5e-1 (VGG19) and 2.5e-2 (VGGFace; SFace here),
     adversarial 1, feature matching 10, embedding match 10. ``pixel`` (multi-scale L1) is 0 in the
     paper; the CPU demo and the tests use it instead of the perceptual networks."""
 

@@ -1,4 +1,4 @@
-"""The training objective of the base model (MetaPortrait §3.3; DESIGN §2.4).
+"""The training objective of the base model (MetaPortrait §3.1; docs/METHOD.md §7).
 
 ``L = L_w^VGG + λ_r L_r^VGG + λ_id L_id + λ_eye L_eye + λ_mouth L_mouth + λ_adv L_adv (+ λ_fm L_fm)``
 with the paper's weights λ_r = 10, λ_id = 20, λ_eye = λ_mouth = 50, λ_adv = 1 and the official
@@ -7,7 +7,7 @@ code's feature-matching weight 10 (:class:`LossWeights`).
 * :class:`PerceptualLoss` — L1 between the features of a frozen network over an image pyramid
   (1, 1/2, 1/4, 1/8), as the official code (FOMM-style). VGG19 relu1_1..relu5_1 with weights
   1/32, 1/16, 1/8, 1/4, 1 when its ImageNet weights load; offline (no VGG weights ship in any
-  package, DESIGN §4) the fallback is the frozen SFace face-recognition network of
+  package; torchvision downloads them) the fallback is the frozen SFace face-recognition network of
   :class:`metaportrait.models.identity_encoder.IdentityEncoder`, tapped after five of its
   conv blocks (``conv_1, conv_3, conv_5, conv_7, conv_8``: strides 1, 2, 4, 8, 8; same weights). Which network is in use is logged once.
 * :class:`IdentityLoss` — ``1 - cos(E_id(align(Ĩ_y)), E_id(align(I_s)))`` with the
@@ -266,7 +266,7 @@ class IdentityLoss(nn.Module):
 
 # -- regions -----------------------------------------------------------------------------------
 def region_l1(pred: torch.Tensor, target: torch.Tensor, boxes: torch.Tensor, output_size: int = 32) -> torch.Tensor:
-    """Mean L1 between ``pred`` and ``target`` inside boxes (eye/mouth loss, DESIGN §2.4).
+    """Mean L1 between ``pred`` and ``target`` inside boxes (L_eye / L_mouth, MetaPortrait §3.1).
 
     Args:
         pred, target: ``B×3×H×W``.
@@ -401,7 +401,7 @@ def feature_matching_loss(
 # -- the combined objective ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class LossWeights:
-    """λ of each term (paper §3.3; official code for feature matching)."""
+    """λ of each term (MetaPortrait §3.1; official code for feature matching)."""
 
     warp_vgg: float = 1.0
     refine_vgg: float = 10.0
@@ -437,7 +437,7 @@ class BaseLossTerms:
 
 
 class BaseLoss(nn.Module):
-    """The generator objective of the base model (DESIGN §2.4).
+    """The generator objective of the base model (MetaPortrait §3.1; docs/METHOD.md §7).
 
     Args:
         weights: the λs.

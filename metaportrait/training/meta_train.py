@@ -1,4 +1,4 @@
-"""Meta-learning for fast personalization (MetaPortrait §3.2, Algorithm 1; DESIGN.md §2.5).
+"""Meta-learning for fast personalization (MetaPortrait §3.2, Algorithm 1; docs/METHOD.md §8).
 
 Starting from base weights φ, each outer step takes M identities; for each, φ is cloned and
 fine-tuned for K inner steps (Adam, α) on a batch of that person's frames; the outer optimiser

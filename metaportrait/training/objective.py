@@ -1,7 +1,7 @@
 """The generator objective on one batch, shared by base training, meta-learning and personalization.
 
 L = L_w^VGG + λ_r L_r^VGG + λ_id L_id + λ_eye L_eye + λ_mouth L_mouth + λ_adv L_adv (+ feature
-matching) (MetaPortrait §3.1, DESIGN.md §2.4), plus an optional plain L1 on the output
+matching) (MetaPortrait §3.1; docs/METHOD.md §7), plus an optional plain L1 on the output
 (``pixel_l1``, not in the paper) that our CPU recipes use because the perceptual network is the
 offline SFace fallback and dominates the step time at full resolution, and an optional
 ``pixel_ssim`` term ``1 − SSIM`` (L1 + SSIM is the photometric loss of Zhao et al. 2017; SSIM is

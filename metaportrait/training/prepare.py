@@ -1,4 +1,4 @@
-"""Training-data preparation (DESIGN §2.1 "Crop", §2.4 "Data"; docs/DATA_FORMAT.md).
+"""Training-data preparation (docs/METHOD.md §2.2 "Crop" and §7 "Data"; docs/DATA_FORMAT.md).
 
 The paper crops every VoxCeleb2 video with **one box around the first frame's landmarks** and
 resizes it to 256×256. :func:`prepare_data` does the same for a folder of talking-face clips and

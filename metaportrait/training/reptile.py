@@ -1,4 +1,4 @@
-"""Reptile meta-learning for fast personalization (MetaPortrait, CVPR 2023, Sec. 3.3, Algorithm 1).
+"""Reptile meta-learning for fast personalization (MetaPortrait, CVPR 2023, §3.2, Algorithm 1).
 
 Algorithm 1 of the paper, generic over any ``nn.Module`` and any task loss::
 
@@ -16,7 +16,8 @@ Sign convention. The paper prints the outer update with (phi_j^K - phi). Reptile
 to it as ``.grad`` must be ``phi - phi_K``; with outer SGD at ``lr = eps`` this reproduces Reptile's
 interpolation exactly (``lr = 1`` lands on phi_K), and with outer Adam the step is elementwise along
 ``phi_K - phi``. Feeding the printed (phi_K - phi) as a gradient would push phi *away* from every
-task's solution. The official code passes (phi - phi_K) (design notes Sec. 2.5).
+task's solution. The official code passes (phi - phi_K) (``base_model/train_ddp.py`` of
+github.com/Meta-Portrait/MetaPortrait; docs/METHOD.md §8).
 
 Buffers (BatchNorm running statistics, spectral-norm power-iteration vectors): each task's clone
 starts from phi's buffers. With ``buffers="average"`` (default) phi's floating-point buffers become

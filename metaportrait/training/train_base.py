@@ -1,6 +1,6 @@
 """Base-model training on Accelerate (MetaPortrait §3.1 and §4 "Implementation details").
 
-Two stages (DESIGN.md §2.4): stage 1 trains the warping network alone (``stage="warp"``: the
+Two stages (docs/METHOD.md §7): stage 1 trains the warping network alone (``stage="warp"``: the
 generator's image is the warped source, losses L_w^VGG + eye/mouth); stage 2 trains warping +
 refinement together (``stage="full"``: all terms, warp learning rate ×0.1 as the official code).
 The objective is L = L_w^VGG + λ_r L_r^VGG + λ_id L_id + λ_eye L_eye + λ_mouth L_mouth + λ_adv L_adv.

@@ -1,4 +1,4 @@
-"""Training of the temporal super-resolution network (MetaPortrait §3.3, §4; DESIGN §2.6).
+"""Training of the temporal super-resolution network (MetaPortrait §3.3, §4; docs/METHOD.md §9).
 
 Paper recipe: HDTF at 512², 20k iterations, batch 8, clips of 7 consecutive frames, Adam 1e-4,
 L1 + perceptual loss, 3D kernels inflated from GFPGAN. Here:

@@ -1,5 +1,5 @@
 """Few-shot adversarial talking heads (Zakharov et al. 2019, arXiv:1905.08233): embedder E,
-generator G with AdaIN parameters ψ = P·ê, projection discriminator D (DESIGN §3).
+generator G with AdaIN parameters ψ = P·ê, projection discriminator D (docs/METHOD.md §10).
 
 Training (meta-learning and few-shot fine-tuning) lives in :mod:`metaportrait.training.fewshot`.
 """
