@@ -29,6 +29,12 @@ def _reenact(args: argparse.Namespace) -> int:
         size=None if args.size == "auto" else int(args.size),
         full_head=not args.face_only,
         neutral_mouth=args.neutral_mouth,
+        parts=tuple(args.parts.split(",")),
+        motion_scale=args.motion_scale,
+        pose_scale=args.pose_scale,
+        eyes=args.eyes,
+        lips=args.lips,
+        smile=args.smile,
     )
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter)
     bar = tqdm(total=0, unit="frame", desc="reenact", disable=args.quiet)
@@ -72,6 +78,14 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
                         "so an open-mouthed photo can close its mouth (a warp squeezes visible teeth: off by default)")
     p.add_argument("--face-only", action="store_true",
                    help="move only the face mesh (hair, ears and neck stay still; the older geometry)")
+    p.add_argument("--parts", default="all",
+                   help="which motion to transfer, comma-separated: all | head (rigid pose) | expression (all but the "
+                        "pose) | eyes (blinks, gaze) | lips (dubbing); e.g. head,lips")
+    p.add_argument("--motion-scale", type=float, default=1.0, help="exaggerate (> 1) or damp (< 1) the expression")
+    p.add_argument("--pose-scale", type=float, default=1.0, help="scale the head-pose change")
+    p.add_argument("--eyes", type=float, default=None, help="hold the eye opening (0 closed … 1 wide open)")
+    p.add_argument("--lips", type=float, default=None, help="hold the mouth opening (0 closed … 1 wide open)")
+    p.add_argument("--smile", type=float, default=0.0, help="add a smile (−1 … 1)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--max-seconds", type=float, default=None, help="use only the first N seconds of the driving video")
     p.add_argument("--batch-size", type=int, default=8)
@@ -81,7 +95,60 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_reenact)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reenact]
+def _edit(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from metaportrait.pipeline import EditOptions, MetaPortraitPipeline
+    from metaportrait.video import AI_GENERATED_COMMENT, check_output_path
+
+    output = check_output_path(args.output, (".png", ".jpg", ".jpeg", ".webp"))
+    options = EditOptions(
+        eyes=args.eyes, lips=args.lips, smile=args.smile, brows=args.brows, yaw=args.yaw, pitch=args.pitch,
+        roll=args.roll, gaze_x=args.gaze_x, gaze_y=args.gaze_y, size=None if args.size == "auto" else int(args.size),
+        paste_back=args.paste_back, visible_label=not args.no_visible_label,
+    )
+    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device)
+    image = pipe.edit(pipe.prepare_source(args.source), options)
+    tmp = output.with_name(f".{output.name}.partial{output.suffix}")
+    try:
+        pil = Image.fromarray(image)
+        if output.suffix.lower() == ".png":
+            info = PngInfo()
+            info.add_text("Comment", AI_GENERATED_COMMENT)
+            pil.save(tmp, pnginfo=info)
+        else:
+            pil.save(tmp, quality=95)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {output} ({image.shape[1]}×{image.shape[0]})")
+    return 0
+
+
+def _add_edit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("edit", help="edit a portrait without a driving video (eyes, lips, smile, head rotation, gaze)")
+    p.add_argument("--source", required=True, help="portrait photo")
+    p.add_argument("--output", required=True, help="output image (.png/.jpg/.webp)")
+    p.add_argument("--eyes", type=float, default=None, help="eye opening, 0 closed … 1 wide open (default: as is)")
+    p.add_argument("--lips", type=float, default=None, help="mouth opening, 0 closed … 1 wide open (default: as is)")
+    p.add_argument("--smile", type=float, default=0.0, help="−1 … 1")
+    p.add_argument("--brows", type=float, default=0.0, help="raise (> 0) or lower (< 0) the eyebrows, −1 … 1")
+    p.add_argument("--yaw", type=float, default=0.0, help="turn the head, degrees (−45 … 45)")
+    p.add_argument("--pitch", type=float, default=0.0, help="nod, degrees (−45 … 45)")
+    p.add_argument("--roll", type=float, default=0.0, help="tilt, degrees (−45 … 45)")
+    p.add_argument("--gaze-x", type=float, default=0.0, help="look left (< 0) or right (> 0), −1 … 1")
+    p.add_argument("--gaze-y", type=float, default=0.0, help="look up (< 0) or down (> 0), −1 … 1")
+    p.add_argument("--size", choices=["auto", "256", "512", "1024"], default="auto")
+    p.add_argument("--paste-back", action="store_true", help="the whole photo at its own resolution")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-visible-label", action="store_true",
+                   help="omit the visible 'AI-generated' mark (PNG files always carry it in their metadata)")
+    p.set_defaults(func=_edit)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_reenact, _add_edit]
 
 # Subcommands whose options live with their module: ``metaportrait NAME ARGS`` runs
 # ``module.main(ARGS)`` (each module's own argparse gives ``--help``).

@@ -101,9 +101,21 @@ def set_eye_opening(lm: np.ndarray, opening: float) -> np.ndarray:
         n_up = (out[up, :2] - a) @ nx
         n_lo = (out[lo, :2] - a) @ nx
         k = opening * _EYE_GAP_AT_1 * width / max(gap, 1e-6)
-        centre = 0.75 * n_lo.mean() + 0.25 * n_up.mean()  # the lids meet low, as in a blink
-        new_up = centre + (n_up - centre) * k
-        new_lo = centre + (n_lo - centre) * k
+        # the lids meet on a curve three quarters of the way down (a blink is mostly the upper lid),
+        # each lid point scaled toward that curve at its own position along the eye
+        t_up = (out[up, :2] - a) @ ax
+        t_lo = (out[lo, :2] - a) @ ax
+        ends_t, ends_n = np.array([0.0, width]), np.zeros(2)
+
+        def profile(t_pts, n_pts, t):
+            order = np.argsort(np.r_[ends_t, t_pts])
+            return np.interp(t, np.r_[ends_t, t_pts][order], np.r_[ends_n, n_pts][order])
+
+        def meet(t):
+            return 0.75 * profile(t_lo, n_lo, t) + 0.25 * profile(t_up, n_up, t)
+
+        new_up = meet(t_up) + (n_up - meet(t_up)) * k
+        new_lo = meet(t_lo) + (n_lo - meet(t_lo)) * k
         disp = np.concatenate([np.outer(new_up - n_up, nx), np.outer(new_lo - n_lo, nx)])
         out = _spread(out, up + lo, disp, radius=0.25 * width)
     return irises_inside_eyelids(out)
@@ -285,6 +297,7 @@ def apply_parts(
         width = float(np.linalg.norm(right - left))
         mid = (left + right) / 2
         near = np.linalg.norm(src - mid, axis=1) < 1.1 * width
+        near[list(STABLE_POINTS)] = False  # the points that define the head pose stay with the head
         keep |= mouth | near
     moved = src + motion_scale * np.where(keep[:, None], expr, 0.0)
     if use_pose:

@@ -1,0 +1,172 @@
+"""Motion control and portrait editing on the astronaut and real driving video (embedded weights)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+from metaportrait.evaluation.reenactment import face_box, psnr
+from metaportrait.face import FaceAnalyzer
+from metaportrait.face.controls import (
+    apply_parts,
+    eye_opening,
+    mouth_opening,
+    set_eye_opening,
+    set_mouth_opening,
+    split_pose,
+)
+from metaportrait.face.motion import STABLE_POINTS, _umeyama
+from metaportrait.pipeline import EditOptions, MetaPortraitPipeline, ReenactOptions
+from metaportrait.video import iter_frames
+
+from conftest import EXAMPLES, REPO
+
+
+@pytest.fixture(scope="module")
+def pipe() -> MetaPortraitPipeline:
+    return MetaPortraitPipeline.from_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def source(pipe, astronaut):
+    big = cv2.resize(astronaut, (1400, 1400), interpolation=cv2.INTER_CUBIC)
+    return pipe.prepare_source(big)
+
+
+def _detect(img: np.ndarray):
+    with FaceAnalyzer(static_image_mode=True, max_faces=1) as analyzer:
+        return analyzer.largest(img)
+
+
+def _mp_eye(lm) -> float:
+    return float(np.mean([np.linalg.norm(lm[159] - lm[145]) / np.linalg.norm(lm[33] - lm[133]),
+                          np.linalg.norm(lm[386] - lm[374]) / np.linalg.norm(lm[362] - lm[263])]))
+
+
+def _mp_mouth(lm) -> float:
+    """Inner-lip gap over the inter-ocular (iris) distance."""
+    return float(np.linalg.norm(lm[13] - lm[14]) / np.linalg.norm(lm[468] - lm[473]))
+
+
+def _yaw(l3_a: np.ndarray, l3_b: np.ndarray) -> float:
+    """Yaw (degrees) of the 3-D rotation between two landmark sets, fitted on the stable points."""
+    idx = list(STABLE_POINTS)
+    _, r, _ = _umeyama(np.asarray(l3_a, np.float64)[idx], np.asarray(l3_b, np.float64)[idx])
+    return float(np.degrees(np.arctan2(r[0, 2], r[2, 2])))
+
+
+def test_edit_defaults_return_the_photo(pipe, source):
+    out = pipe.edit(source, EditOptions(visible_label=False))
+    ref = source.face_at(512)
+    assert out.shape == ref.shape == (512, 512, 3)
+    x0, y0, x1, y1 = face_box(source.landmarks * 2, ref.shape)
+    assert psnr(out[y0:y1, x0:x1], ref[y0:y1, x0:x1]) >= 40
+    whole = pipe.edit(source, EditOptions(visible_label=False, paste_back=True))
+    assert whole.shape == source.image.shape
+
+
+def test_edit_lips_eyes_and_yaw_measured_on_the_output(pipe, source):
+    base = _detect(pipe.edit(source, EditOptions(visible_label=False)))
+    lips = _detect(pipe.edit(source, EditOptions(lips=0.9, visible_label=False)))
+    assert _mp_mouth(lips.landmarks) - _mp_mouth(base.landmarks) >= 0.1
+    closed = _detect(pipe.edit(source, EditOptions(eyes=0.0, visible_label=False)))
+    # the edited landmarks close completely; MediaPipe reads the warped closed lids as a third open
+    assert eye_opening(pipe.edited_landmarks(source, EditOptions(eyes=0.0))) < 0.02
+    assert _mp_eye(closed.landmarks) <= 0.65 * _mp_eye(base.landmarks)
+    turned = _detect(pipe.edit(source, EditOptions(yaw=15, visible_label=False)))
+    assert abs(_yaw(base.landmarks_3d, turned.landmarks_3d)) >= 8
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
+def test_opening_setters_hit_their_targets(source, value):
+    assert eye_opening(set_eye_opening(source.landmarks, value)) == pytest.approx(value, abs=0.02)
+    got = mouth_opening(set_mouth_opening(source.landmarks, value))
+    assert got == pytest.approx(value * 0.55, abs=0.05)
+    with pytest.raises(ValueError, match="eye opening"):
+        set_eye_opening(source.landmarks, 3.0)
+
+
+def test_parts_lips_keeps_the_source_pose(pipe, source):
+    """Dubbing: the driver's head motion is dropped, its mouth motion kept."""
+    frames = list(iter_frames(EXAMPLES / "driving_speech.mp4", max_frames=60))
+    stats: dict = {}
+    ref = None
+    mouth_drv, mouth_out, poses = [], [], []
+    for _, lm in pipe.driving_landmarks(frames, ReenactOptions(), stats, fps=25):
+        ref = lm if ref is None else ref
+        full = pipe.control(source, _transfer(source, lm, ref), ReenactOptions())
+        lips = pipe.control(source, _transfer(source, lm, ref), ReenactOptions(parts=("lips",)))
+        mouth_drv.append(mouth_opening(full))
+        mouth_out.append(mouth_opening(lips))
+        (s, r, t), _ = split_pose(source.landmarks, lips)
+        stable = source.landmarks[list(STABLE_POINTS)]
+        shift = float(np.linalg.norm((s * stable @ r.T + t) - stable, axis=1).mean())
+        poses.append((abs(np.degrees(np.arctan2(r[1, 0], r[0, 0]))), shift))
+    face = float(np.ptp(source.landmarks[:, 1]))
+    assert max(p[0] for p in poses) <= 1.0
+    assert max(p[1] for p in poses) <= 0.01 * face
+    assert np.corrcoef(mouth_drv, mouth_out)[0, 1] >= 0.8
+    # and the full motion does move the head on this clip (so the test can fail)
+    (s, r, t), _ = split_pose(source.landmarks, full)
+    moved = np.linalg.norm((s * source.landmarks[list(STABLE_POINTS)] @ r.T + t) - source.landmarks[list(STABLE_POINTS)],
+                           axis=1).mean()
+    assert moved > 0.01 * face
+
+
+def _transfer(source, lm, ref):
+    from metaportrait.face import transfer_landmarks
+
+    return transfer_landmarks(source.landmarks, lm, ref, mode="relative")
+
+
+def test_parts_head_and_scales(source):
+    tgt = source.landmarks.copy()
+    c = tgt.mean(0)
+    ang = np.radians(10)
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+    moved = (tgt - c) @ rot.T + c + np.array([6.0, 0.0])
+    moved = set_mouth_opening(moved, 0.8)
+    head = apply_parts(source.landmarks, moved, ("head",))
+    assert mouth_opening(head) == pytest.approx(mouth_opening(source.landmarks), abs=0.02)
+    (_, r, _), _ = split_pose(source.landmarks, head)
+    assert np.degrees(np.arctan2(r[1, 0], r[0, 0])) == pytest.approx(10, abs=0.5)
+    half = apply_parts(source.landmarks, moved, ("all",), pose_scale=0.5)
+    (_, r, _), _ = split_pose(source.landmarks, half)
+    assert np.degrees(np.arctan2(r[1, 0], r[0, 0])) == pytest.approx(5, abs=0.5)
+    damped = apply_parts(source.landmarks, moved, ("expression",), motion_scale=0.5)
+    gap = mouth_opening(damped)
+    assert mouth_opening(source.landmarks) < gap < mouth_opening(apply_parts(source.landmarks, moved, ("expression",)))
+    with pytest.raises(ValueError, match="parts"):
+        apply_parts(source.landmarks, moved, ("nose",))
+
+
+def test_retargeting_holds_the_eyes_open_through_a_blink(pipe, source):
+    frames = list(iter_frames(EXAMPLES / "driving_webcam.mp4", max_frames=60))[40:56]  # the blink at ~48
+    ref = None
+    free, held = [], []
+    for _, lm in pipe.driving_landmarks(frames, ReenactOptions(), {}, fps=25):
+        ref = lm if ref is None else ref
+        free.append(eye_opening(pipe.control(source, _transfer(source, lm, ref), ReenactOptions())))
+        held.append(eye_opening(pipe.control(source, _transfer(source, lm, ref), ReenactOptions(eyes=0.7))))
+    assert min(free) < 0.5 * max(free)
+    assert np.allclose(held, 0.7, atol=0.02)
+
+
+def test_cli_edit_writes_a_labelled_png(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "edited.png"
+    res = subprocess.run([sys.executable, "-m", "metaportrait.cli", "edit", "--source", str(EXAMPLES / "astronaut.jpg"),
+                          "--output", str(out), "--smile", "0.5", "--yaw", "10"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    im = Image.open(out)
+    assert im.size == (256, 256) and "AI-generated" in im.info.get("Comment", "")
+    res = subprocess.run([sys.executable, "-m", "metaportrait.cli", "edit", "--source", str(EXAMPLES / "astronaut.jpg"),
+                          "--output", str(tmp_path / "x.gif")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "'.gif'" in res.stderr
