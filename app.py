@@ -278,6 +278,61 @@ def upscale(video: str | None, progress: gr.Progress = gr.Progress()) -> tuple[s
     return str(out), str(cmp)
 
 
+_edit_sources: OrderedDict[str, object] = OrderedDict()
+
+
+def _edit_source(photo: str):
+    """The prepared source face of an uploaded photo (detection, crop, identity: done once per photo)."""
+    with _pipeline_lock:
+        cached = _edit_sources.get(photo)
+    if cached is not None:
+        return cached
+    pipe = get_pipeline(None)
+    try:
+        src = pipe.prepare_source(photo)
+    except MetaPortraitError as exc:
+        raise gr.Error(_friendly(exc, photo)) from exc
+    with _pipeline_lock:
+        _edit_sources[photo] = src
+        while len(_edit_sources) > 4:
+            _edit_sources.popitem(last=False)
+    return src
+
+
+def edit_start(photo: str | None):
+    """A new photo: its current eye and mouth opening become the sliders' starting values."""
+    from metaportrait.face.controls import eye_opening, mouth_opening
+
+    if not photo:
+        return None, gr.update(value=0.5), gr.update(value=0.3), None
+    src = _edit_source(photo)
+    eyes = round(min(1.0, eye_opening(src.landmarks)), 2)
+    lips = round(min(1.0, mouth_opening(src.landmarks) / 0.55), 2)
+    return src.face_at(512 if src.crop.side >= 512 else 256), eyes, lips, {"eyes": eyes, "lips": lips}
+
+
+@gpu
+def edit(photo: str | None, eyes: float = 0.5, lips: float = 0.3, smile: float = 0.0, brows: float = 0.0,
+         yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0, gaze_x: float = 0.0, gaze_y: float = 0.0,
+         start: dict | None = None):
+    """The photo edited by the sliders (no driving video); sliders at their starting values change nothing."""
+    from metaportrait.pipeline import EditOptions
+
+    if not photo:
+        raise gr.Error("Upload a portrait photo to edit.")
+    start = start or {}
+    src = _edit_source(photo)
+    options = EditOptions(
+        eyes=None if start.get("eyes") == eyes else float(eyes),
+        lips=None if start.get("lips") == lips else float(lips),
+        smile=float(smile), brows=float(brows), yaw=float(yaw), pitch=float(pitch), roll=float(roll),
+        gaze_x=float(gaze_x), gaze_y=float(gaze_y))
+    try:
+        return get_pipeline(None).edit(src, options)
+    except (MetaPortraitError, ValueError) as exc:
+        raise gr.Error(str(exc)) from exc
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="MetaPortrait") as demo:
         gr.Markdown(
@@ -352,6 +407,37 @@ def build_demo() -> gr.Blocks:
             # the few-shot family has no LoRA/full choice: hide what the choice ignores
             p_family.change(lambda f: gr.update(visible=f == "metaportrait"), inputs=p_family, outputs=p_kind,
                             api_visibility="private")
+        with gr.Tab("Edit", id="edit"):
+            gr.Markdown("Edit a portrait without a driving video: every slider moves the face's dense landmarks and "
+                        "the same renderer draws the result (the image updates as a slider moves).")
+            e_start = gr.State(None)
+            with gr.Row():
+                with gr.Column():
+                    e_photo = gr.Image(label="Portrait", type="filepath", sources=["upload", "clipboard"],
+                                       elem_id="edit-photo", height=280)
+                    e_eyes = gr.Slider(0, 1, value=0.5, step=0.02, label="Eyes (closed … wide open)")
+                    e_lips = gr.Slider(0, 1, value=0.3, step=0.02, label="Mouth (closed … wide open)")
+                    e_smile = gr.Slider(-1, 1, value=0, step=0.05, label="Smile")
+                    e_brows = gr.Slider(-1, 1, value=0, step=0.05, label="Eyebrows")
+                    with gr.Row():
+                        e_yaw = gr.Slider(-30, 30, value=0, step=1, label="Turn (°)")
+                        e_pitch = gr.Slider(-30, 30, value=0, step=1, label="Nod (°)")
+                        e_roll = gr.Slider(-30, 30, value=0, step=1, label="Tilt (°)")
+                    with gr.Row():
+                        e_gx = gr.Slider(-1, 1, value=0, step=0.05, label="Gaze left … right")
+                        e_gy = gr.Slider(-1, 1, value=0, step=0.05, label="Gaze up … down")
+                with gr.Column():
+                    e_out = gr.Image(label="Edited", interactive=False, format="png", buttons=["download"],
+                                     elem_id="edit-result", height=560)
+            e_inputs = [e_photo, e_eyes, e_lips, e_smile, e_brows, e_yaw, e_pitch, e_roll, e_gx, e_gy, e_start]
+            e_photo.change(edit_start, inputs=e_photo, outputs=[e_out, e_eyes, e_lips, e_start],
+                           api_visibility="private")
+            first = True
+            for slider in e_inputs[1:-1]:
+                slider.change(edit, inputs=e_inputs, outputs=e_out, trigger_mode="always_last",
+                              show_progress="hidden", api_name="edit" if first else None,
+                              api_visibility="public" if first else "private")
+                first = False
         with gr.Tab("512² SR", id="superres"):
             gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
                         "with a side-by-side comparison against bicubic upsampling. A video that is not a square "

@@ -333,3 +333,29 @@ def test_browser_narrow_phone_window(server):
             box = example.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (label, box)
         browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_browser_edit_tab_updates_as_a_slider_moves(server, tmp_path):
+    """The Edit tab: a photo, then a slider: the edited image changes without pressing anything."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server, wait_until="domcontentloaded", timeout=120_000)
+        page.get_by_role("tab", name="Edit").click()
+        page.locator("#edit-photo input[type=file]").set_input_files(str(REPO / "examples" / "astronaut.jpg"))
+        page.locator("#edit-result img").wait_for(timeout=120_000)
+        first = page.locator("#edit-result img").get_attribute("src")
+        slider = page.get_by_label("Turn (°)", exact=False).first
+        slider.fill("20")
+        slider.dispatch_event("input")
+        slider.dispatch_event("change")
+        page.wait_for_function(
+            "(old) => { const i = document.querySelector('#edit-result img'); return i && i.src !== old; }",
+            arg=first, timeout=60_000,
+        )
+        page.screenshot(path=str(tmp_path / "edit.png"))
+        browser.close()
