@@ -35,6 +35,7 @@ def _reenact(args: argparse.Namespace) -> int:
         eyes=args.eyes,
         lips=args.lips,
         smile=args.smile,
+        face=None if args.face is None else ("all" if args.face == "all" else int(args.face)),
     )
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter)
     bar = tqdm(total=0, unit="frame", desc="reenact", disable=args.quiet)
@@ -86,6 +87,9 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eyes", type=float, default=None, help="hold the eye opening (0 closed … 1 wide open)")
     p.add_argument("--lips", type=float, default=None, help="hold the mouth opening (0 closed … 1 wide open)")
     p.add_argument("--smile", type=float, default=0.0, help="add a smile (−1 … 1)")
+    p.add_argument("--face", default=None,
+                   help="which face of a photo with several people: N (1 = leftmost) or 'all' (implies --paste-back); "
+                        "default: the largest")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--max-seconds", type=float, default=None, help="use only the first N seconds of the driving video")
     p.add_argument("--batch-size", type=int, default=8)

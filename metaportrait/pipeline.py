@@ -24,7 +24,7 @@ import logging
 from contextlib import nullcontext
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -97,10 +97,17 @@ class ReenactOptions:
     eyes: float | None = None  # retargeting: hold the eye opening (0 closed … 1 wide open) whatever the driver does
     lips: float | None = None  # retargeting: hold the mouth opening (0 closed … 1 wide open)
     smile: float = 0.0  # retargeting: add a smile (−1 … 1)
+    face: int | Literal["all"] | None = None  # which face of the photo: None = the largest, 1.. from the left, "all"
 
     def __post_init__(self) -> None:
         if self.size is not None and self.size not in (256, 512, 1024):
             raise ValueError(f"size must be 256, 512 or 1024, got {self.size!r}")
+        if self.face is not None and self.face != "all" and (
+            isinstance(self.face, bool) or not isinstance(self.face, int) or self.face < 1
+        ):
+            raise ValueError(f"face must be None, 'all' or a number from 1 (the leftmost face), got {self.face!r}")
+        if self.face == "all" and not self.paste_back:
+            object.__setattr__(self, "paste_back", True)  # several faces live in the whole photo
         object.__setattr__(self, "parts", tuple(self.parts))
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown or not self.parts:
@@ -297,6 +304,21 @@ class MetaPortraitPipeline:
         return self.source_from_crop(crop.crop(img), crop.points_to_crop(det.landmarks), image=img, crop=crop,
                                      landmarks_3d=crop.points_to_crop(det.landmarks_3d))
 
+    def prepare_sources(self, image: str | Path | np.ndarray) -> list[SourceFace]:
+        """Every face of a photo (up to 8), numbered left to right (by the centre of its box)."""
+        img = load_image(image, self.limits)
+        with FaceAnalyzer(static_image_mode=True, max_faces=8) as analyzer:
+            dets = analyzer.detect(img)
+        if not dets:
+            raise NoFaceError(f"no face found in the source image ({img.shape[1]}×{img.shape[0]})")
+        dets = sorted(dets, key=lambda d: (d.box[0] + d.box[2]) / 2)
+        out = []
+        for det in dets:
+            crop = CropTransform.from_landmarks(det.landmarks, size=self.size)
+            out.append(self.source_from_crop(crop.crop(img), crop.points_to_crop(det.landmarks), image=img, crop=crop,
+                                             landmarks_3d=crop.points_to_crop(det.landmarks_3d)))
+        return out
+
     def source_from_crop(
         self, face: np.ndarray, landmarks: np.ndarray, *, image: np.ndarray | None = None, crop: CropTransform | None = None,
         landmarks_3d: np.ndarray | None = None,
@@ -446,7 +468,7 @@ class MetaPortraitPipeline:
 
     def animate(
         self,
-        source: SourceFace,
+        source: SourceFace | Sequence[SourceFace],
         driving_frames: Iterable[np.ndarray],
         options: ReenactOptions = ReenactOptions(),
         stats: dict[str, float] | None = None,
@@ -454,30 +476,46 @@ class MetaPortraitPipeline:
         fps: float = 25.0,
     ) -> Iterator[np.ndarray]:
         """Stream output frames (uint8): the face crop at ``options.size`` (default: 512² when the photo
-        has the pixels), or the whole photo at its own resolution with the head moved."""
+        has the pixels), or the whole photo at its own resolution with the head moved. Several
+        ``source`` faces of one photo (:meth:`prepare_sources`) all follow the driver; they need
+        ``options.paste_back`` (the output is the whole photo)."""
         stats = {} if stats is None else stats
+        sources = [source] if isinstance(source, SourceFace) else list(source)
+        if not sources:
+            raise ValueError("animate needs at least one source face")
+        if len(sources) > 1 and not options.paste_back:
+            raise ValueError("several faces are animated in the whole photo: set paste_back=True")
+        first = sources[0]
         reference: np.ndarray | None = None
-        pending: list[np.ndarray | None] = []
+        pending: list[np.ndarray | None] = []  # driving landmarks (None: no face in that frame)
         missed = 0
 
-        size = output_size(source.crop, options.size, self.size)
+        size = output_size(first.crop, options.size, self.size)
 
         def flush() -> Iterator[np.ndarray]:
-            targets = [lm for lm in pending if lm is not None]
+            driven = [lm for lm in pending if lm is not None]
             t0 = time.perf_counter()
-            grids, residuals = self.motion(source, targets, options.full_head) if targets else (None, None)
+            motions = []
+            for src in sources:
+                targets = [self.control(src, transfer_landmarks(src.landmarks, lm, reference, mode=options.mode,
+                                                                neutral_mouth=options.neutral_mouth), options)
+                           for lm in driven]
+                motions.append(self.motion(src, targets, options.full_head) if targets else (None, None))
             stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t0
             k = 0
             for lm in pending:
                 t1 = time.perf_counter()
                 if lm is None:
-                    frame = source.image if options.paste_back else source.face_at(size)
+                    frame = first.image if options.paste_back else first.face_at(size)
                 else:
-                    res = None if residuals is None else residuals[k]
                     if options.paste_back:
-                        frame = render_into_photo(source.image, source.crop, grids[k], res)
+                        frame = None
+                        for src, (grids, residuals) in zip(sources, motions):
+                            res = None if residuals is None else residuals[k]
+                            frame = render_into_photo(src.image, src.crop, grids[k], res, canvas=frame)
                     else:
-                        frame = render_crop(source.face_at(size), grids[k], res)
+                        grids, residuals = motions[0]
+                        frame = render_crop(first.face_at(size), grids[k], None if residuals is None else residuals[k])
                     k += 1
                 if options.visible_label:
                     frame = add_visible_label(frame)
@@ -493,9 +531,7 @@ class MetaPortraitPipeline:
             else:
                 if reference is None:
                     reference = lm
-                target = transfer_landmarks(source.landmarks, lm, reference, mode=options.mode,
-                                            neutral_mouth=options.neutral_mouth)
-                pending.append(self.control(source, target, options))
+                pending.append(lm)
             if len(pending) >= options.batch_size:
                 for frame in flush():
                     count += 1
@@ -539,7 +575,17 @@ class MetaPortraitPipeline:
             max_frames = min(max_frames, max(1, int(round(options.max_seconds * info.fps))))
         stats: dict[str, float] = {}
         t0 = time.perf_counter()
-        src = self.prepare_source(source)
+        if options.face is None:
+            src = self.prepare_source(source)
+        else:
+            faces = self.prepare_sources(source)
+            if options.face == "all":
+                src = faces
+            elif not 1 <= options.face <= len(faces):
+                raise NoFaceError(f"face {options.face} was asked for, but the photo has {len(faces)} "
+                                  f"face{'s' if len(faces) != 1 else ''} (numbered 1 to {len(faces)} from the left)")
+            else:
+                src = faces[options.face - 1]
         stats["source"] = time.perf_counter() - t0
         if progress:
             progress(0, max_frames, "frames")

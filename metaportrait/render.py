@@ -85,12 +85,15 @@ def render_crop(face: np.ndarray, grid: np.ndarray, residual: np.ndarray | None 
 
 
 def render_into_photo(
-    photo: np.ndarray, crop: CropTransform, grid: np.ndarray, residual: np.ndarray | None = None
+    photo: np.ndarray, crop: CropTransform, grid: np.ndarray, residual: np.ndarray | None = None,
+    canvas: np.ndarray | None = None,
 ) -> np.ndarray:
     """The whole ``photo`` (uint8 ``H×W×3``) with the crop ``crop``'s content moved by ``grid``
     (``S×S×2``, the crop's working-size sampling grid) and ``residual``, at the photo's resolution.
 
     Pixels outside the crop box, and inside it wherever the motion is zero, are the photo's own.
+    ``canvas`` (same shape as the photo): draw onto it instead, changing only the pixels this face
+    moves (several faces of one photo, each drawn in turn).
     """
     photo = np.asarray(photo)
     if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
@@ -99,7 +102,9 @@ def render_into_photo(
     x0, y0, x1, y1 = crop.box
     ix0, iy0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
     ix1, iy1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
-    out = photo.copy()
+    if canvas is not None and canvas.shape != photo.shape:
+        raise ValueError(f"canvas must have the photo's shape {photo.shape}, got {canvas.shape}")
+    out = (photo if canvas is None else canvas).copy()
     if ix1 <= ix0 or iy1 <= iy0:
         return out
     disp = displacement(grid)
@@ -121,7 +126,14 @@ def render_into_photo(
     layer = residual_layer(residual)
     if layer is not None:
         layer = cv2.remap(layer, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    out[iy0:iy1, ix0:ix1] = _apply_residual(region, layer)
+    region = _apply_residual(region, layer)
+    if canvas is None:
+        out[iy0:iy1, ix0:ix1] = region
+    else:
+        moved = np.abs(d).max(axis=2) > 1e-7
+        if layer is not None:
+            moved |= layer[..., 3] > 0
+        out[iy0:iy1, ix0:ix1] = np.where(moved[..., None], region, out[iy0:iy1, ix0:ix1])
     return out
 
 

@@ -170,3 +170,49 @@ def test_cli_edit_writes_a_labelled_png(tmp_path):
     res = subprocess.run([sys.executable, "-m", "metaportrait.cli", "edit", "--source", str(EXAMPLES / "astronaut.jpg"),
                           "--output", str(tmp_path / "x.gif")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "'.gif'" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def two_faces(astronaut, mona_lisa) -> np.ndarray:
+    """A real two-person picture: the astronaut and the Mona Lisa side by side, 512 px high."""
+    h = 512
+    ml = cv2.resize(mona_lisa, (round(mona_lisa.shape[1] * h / mona_lisa.shape[0]), h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(np.concatenate([astronaut, ml], axis=1))
+
+
+def _box_changed(a: np.ndarray, b: np.ndarray, src) -> float:
+    lm = src.crop.points_to_image(src.landmarks)
+    x0, y0, x1, y1 = face_box(lm, a.shape)
+    return float(np.abs(a[y0:y1, x0:x1].astype(int) - b[y0:y1, x0:x1].astype(int)).mean())
+
+
+def test_several_faces_all_or_the_chosen_one(pipe, two_faces, driving_frames):
+    faces = pipe.prepare_sources(two_faces)
+    assert len(faces) == 2
+    assert faces[0].crop.center[0] < faces[1].crop.center[0]  # numbered left to right
+    drive = driving_frames[:12]
+    both = list(pipe.animate(faces, drive, ReenactOptions(visible_label=False, paste_back=True)))[-1]
+    one = list(pipe.animate(faces[1], drive, ReenactOptions(visible_label=False, paste_back=True)))[-1]
+    assert both.shape == one.shape == two_faces.shape
+    assert _box_changed(both, two_faces, faces[0]) > 1.0 and _box_changed(both, two_faces, faces[1]) > 1.0
+    assert _box_changed(one, two_faces, faces[1]) > 1.0
+    assert _box_changed(one, two_faces, faces[0]) == 0.0  # the other face's box is unchanged
+    with pytest.raises(ValueError, match="paste_back"):
+        list(pipe.animate(faces, drive[:2], ReenactOptions(visible_label=False)))
+
+
+def test_reenact_face_option(pipe, two_faces, tmp_path):
+    from PIL import Image
+
+    from metaportrait.errors import NoFaceError
+
+    photo = tmp_path / "two.png"
+    Image.fromarray(two_faces).save(photo)
+    short = EXAMPLES / "driving_webcam.mp4"
+    res = pipe.reenact(photo, short, tmp_path / "all.mp4", ReenactOptions(face="all", max_seconds=0.5))
+    assert res.num_frames > 0
+    with pytest.raises(NoFaceError, match="numbered 1 to 2"):
+        pipe.reenact(photo, short, tmp_path / "x.mp4", ReenactOptions(face=3, max_seconds=0.5))
+    assert not (tmp_path / "x.mp4").exists()
+    with pytest.raises(ValueError, match="face must be"):
+        ReenactOptions(face=0)
