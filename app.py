@@ -82,7 +82,8 @@ def _personal_folder(use_personal: bool, session_folder: str | None, upload: str
 
 @gpu
 def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool, use_personal: bool = False,
-            personal_zip: str | None = None, session_folder: str | None = None,
+            personal_zip: str | None = None, face: str = "largest", parts: list[str] | None = None,
+            hold_eyes_open: bool = False, smile: float = 0.0, session_folder: str | None = None,
             progress: gr.Progress = gr.Progress()) -> str:
     """Animate the source photo with the driving video; returns the path of an H.264 mp4."""
     if not source:
@@ -111,7 +112,14 @@ def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool
         progress((done, total) if total else None, desc="Animating", unit="frames")
 
     try:
-        pipe.reenact(source, driving, out, ReenactOptions(mode=mode, paste_back=paste_back), progress=report)
+        options = ReenactOptions(
+            mode=mode, paste_back=paste_back, parts=tuple(parts or ["all"]),
+            eyes=0.7 if hold_eyes_open else None, smile=float(smile),
+            face=None if face in (None, "", "largest") else ("all" if face == "all" else int(face)))
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
+    try:
+        pipe.reenact(source, driving, out, options, progress=report)
     except MetaPortraitError as exc:
         raise gr.Error(_friendly(exc, source, driving)) from exc
     finally:
@@ -299,6 +307,25 @@ def _edit_source(photo: str):
     return src
 
 
+def faces_preview(photo: str | None):
+    """The uploaded photo with its faces boxed and numbered left to right, and the face choices."""
+    if not photo:
+        return None, gr.update(choices=["largest"], value="largest")
+    try:
+        faces = get_pipeline(None).prepare_sources(photo)
+    except MetaPortraitError:
+        return None, gr.update(choices=["largest"], value="largest")
+    annotations = []
+    for i, f in enumerate(faces, start=1):
+        x0, y0, x1, y1 = (int(round(v)) for v in f.crop.points_to_image(f.landmarks).reshape(-1, 2).min(0).tolist()
+                          + f.crop.points_to_image(f.landmarks).reshape(-1, 2).max(0).tolist())
+        annotations.append(((x0, y0, x1, y1), f"face {i}"))
+    choices = ["largest"] + [str(i) for i in range(1, len(faces) + 1)] + (["all"] if len(faces) > 1 else [])
+    visible = len(faces) > 1
+    return (gr.update(value=(faces[0].image, annotations), visible=visible),
+            gr.update(choices=choices, value="largest", visible=visible))
+
+
 def edit_start(photo: str | None):
     """A new photo: its current eye and mouth opening become the sliders' starting values."""
     from metaportrait.face.controls import eye_opening, mouth_opening
@@ -347,6 +374,10 @@ def build_demo() -> gr.Blocks:
                 with gr.Column():
                     source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"],
                                       elem_id="source-image")
+                    faces_box = gr.AnnotatedImage(label="Faces in the photo (numbered from the left)", visible=False)
+                    face = gr.Dropdown(["largest"], value="largest", label="Face to animate", visible=False,
+                                       allow_custom_value=True, elem_id="face-choice",
+                                       info="a number from the boxes above, or all of them")
                     driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"],
                                        elem_id="driving-video")
                     mode = gr.Radio(
@@ -359,6 +390,13 @@ def build_demo() -> gr.Blocks:
                                                value=False)
                     personal_zip = gr.File(label="…or upload a personalized model (.zip from the Personalize tab)",
                                            file_types=[".zip"], value=None, elem_id="personal-zip")
+                    with gr.Accordion("Motion control", open=False):
+                        parts = gr.CheckboxGroup(["all", "head", "expression", "eyes", "lips"], value=["all"],
+                                                 label="Which motion to transfer",
+                                                 info="head: pose only; expression: all but the pose; "
+                                                      "lips: only the mouth (dubbing); eyes: blinks and gaze")
+                        hold_eyes = gr.Checkbox(label="Keep the eyes open whatever the driver does", value=False)
+                        smile = gr.Slider(-1, 1, value=0, step=0.05, label="Add a smile")
                     run = gr.Button("Animate", variant="primary")
                 with gr.Column():
                     result = gr.Video(label="Result", autoplay=True, elem_id="result-video", interactive=False,
@@ -374,7 +412,9 @@ def build_demo() -> gr.Blocks:
                                 "Mona Lisa, driven by Franck (whole painting)"],
             )
             driving.upload(playable, inputs=driving, outputs=driving, api_visibility="private")
-            run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, adapter_state],
+            source.change(faces_preview, inputs=source, outputs=[faces_box, face], api_visibility="private")
+            run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, face, parts,
+                                       hold_eyes, smile, adapter_state],
                       outputs=result, api_name="reenact", concurrency_limit=CONCURRENCY)
         with gr.Tab("Personalize", id="personalize"):
             gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "

@@ -359,3 +359,41 @@ def test_browser_edit_tab_updates_as_a_slider_moves(server, tmp_path):
         )
         page.screenshot(path=str(tmp_path / "edit.png"))
         browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_browser_two_faces_numbered_and_animated(server, tmp_path, astronaut, mona_lisa):
+    """A photo with two people: the Animate tab shows them numbered, and /reenact animates the chosen one."""
+    import cv2
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    ml = cv2.resize(mona_lisa, (round(mona_lisa.shape[1] * 512 / mona_lisa.shape[0]), 512), interpolation=cv2.INTER_AREA)
+    photo = tmp_path / "two.png"
+    Image.fromarray(np.concatenate([astronaut, ml], axis=1)).save(photo)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server, wait_until="domcontentloaded", timeout=120_000)
+        page.locator("#source-image input[type=file]").wait_for(state="attached", timeout=120_000)
+        page.locator("#source-image input[type=file]").set_input_files(str(photo))
+        page.get_by_text("face 2").first.wait_for(timeout=60_000)  # the numbered boxes' legend
+        assert page.get_by_text("face 1").first.is_visible()
+        assert page.locator("#face-choice").is_visible()
+        browser.close()
+    short = tmp_path / "short.mp4"
+    from metaportrait.video import VideoWriter, iter_frames
+
+    with VideoWriter(short, fps=25) as w:
+        for f in iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=8):
+            w.write(f)
+    result = Client(server, verbose=False).predict(handle_file(str(photo)), handle_file(str(short)), "relative", False,
+                                                   False, None, "all", ["all"], False, 0.0, api_name="/reenact")
+    import av
+
+    with av.open(str(result["video"] if isinstance(result, dict) else result)) as c:
+        frame = next(c.decode(video=0))
+    assert (frame.width, frame.height) == (512 + ml.shape[1] + (ml.shape[1] % 2), 512)
