@@ -36,6 +36,7 @@ def _reenact(args: argparse.Namespace) -> int:
         lips=args.lips,
         smile=args.smile,
         face=None if args.face is None else ("all" if args.face == "all" else int(args.face)),
+        audio=args.audio,
     )
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter)
     bar = tqdm(total=0, unit="frame", desc="reenact", disable=args.quiet)
@@ -63,7 +64,11 @@ def _reenact(args: argparse.Namespace) -> int:
 
 def _add_reenact(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reenact", help="animate a portrait photo with the motion of a driving video")
-    p.add_argument("--source", required=True, help="portrait photo (jpg/png/webp...)")
+    p.add_argument("--source", required=True,
+                   help="portrait photo (jpg/png/webp...), or a video: its face takes the driver's expression while "
+                        "its own head motion and background stay (dubbing)")
+    p.add_argument("--audio", choices=["driving", "source"], default="driving",
+                   help="a video source: keep the driving video's audio (default) or the source's")
     p.add_argument("--driving", required=True, help="driving video (mp4/webm/mov...)")
     p.add_argument("--output", required=True, help="output .mp4 (H.264, with the driving audio)")
     p.add_argument("--weights", default=None, help="pipeline folder or Hub repo id (default: embedded weights/)")

@@ -44,6 +44,7 @@ from metaportrait.face import (
 )
 from metaportrait.face.controls import (
     PARTS,
+    split_pose,
     add_smile,
     apply_parts,
     move_gaze,
@@ -98,10 +99,13 @@ class ReenactOptions:
     lips: float | None = None  # retargeting: hold the mouth opening (0 closed … 1 wide open)
     smile: float = 0.0  # retargeting: add a smile (−1 … 1)
     face: int | Literal["all"] | None = None  # which face of the photo: None = the largest, 1.. from the left, "all"
+    audio: Literal["driving", "source"] = "driving"  # a video source: whose audio the output keeps
 
     def __post_init__(self) -> None:
         if self.size is not None and self.size not in (256, 512, 1024):
             raise ValueError(f"size must be 256, 512 or 1024, got {self.size!r}")
+        if self.audio not in ("driving", "source"):
+            raise ValueError(f"audio must be 'driving' or 'source', got {self.audio!r}")
         if self.face is not None and self.face != "all" and (
             isinstance(self.face, bool) or not isinstance(self.face, int) or self.face < 1
         ):
@@ -348,6 +352,14 @@ class MetaPortraitPipeline:
         self, frames: Iterable[np.ndarray], options: ReenactOptions, stats: dict[str, float], fps: float = 25.0
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield (frame, landmarks in the driving crop or None) for each frame, streaming."""
+        for frame, lm, _crop in self.track(frames, options, stats, fps):
+            yield frame, lm
+
+    def track(
+        self, frames: Iterable[np.ndarray], options: ReenactOptions, stats: dict[str, float], fps: float = 25.0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None, CropTransform | None]]:
+        """Yield (frame, smoothed landmarks in the crop or None, the crop) per frame; the crop box is
+        fixed on the first frame with a face (as the paper crops its videos)."""
         crop: CropTransform | None = None
         beta = options.smoothing_beta * 256.0 / self.size
         cutoff = np.full((478, 1), options.smoothing_min_cutoff)
@@ -373,7 +385,7 @@ class MetaPortraitPipeline:
                 elif last is not None:
                     lm = last  # hold the last pose through a missed detection
                 stats["landmarks"] = stats.get("landmarks", 0.0) + time.perf_counter() - t0
-                yield frame, lm
+                yield frame, lm, crop
 
     # ------------------------------------------------------------------ generation
     def prior_grid(self, source: SourceFace, target: np.ndarray, full_head: bool = True) -> np.ndarray:
@@ -548,6 +560,66 @@ class MetaPortraitPipeline:
             raise NoFaceError("no face was found in any frame of the driving video")
         stats["frames_without_face"] = float(missed)
 
+    def animate_video_source(
+        self,
+        source_frames: Iterable[np.ndarray],
+        driving_frames: Iterable[np.ndarray],
+        options: ReenactOptions = ReenactOptions(),
+        stats: dict[str, float] | None = None,
+        fps: float = 25.0,
+    ) -> Iterator[np.ndarray]:
+        """Dubbing: stream the source video's frames (whole frames) with its face taking the driver's
+        mouth and eye motion (``options.parts``: add ``expression`` for the whole expression), while the
+        source's own head motion and background stay.
+
+        Per source frame: the face is tracked in one crop box (the first frame's); the frame's own
+        landmarks, with the mouth taken to neutral (closed) and the chosen parts moved by the driver's
+        change since its first frame, are the target, so the frame keeps its own pose and shape. When
+        the driver is shorter, its last expression is held; source frames without a face pass unchanged.
+        """
+        stats = {} if stats is None else stats
+        # the head pose always comes from the source video; of the driver's motion, by default the mouth
+        # and eyes (dubbing: a driver's turn, seen in 2-D, would squeeze the source's face)
+        parts = tuple(p for p in options.parts if p not in ("all", "head")) or ("lips",)
+        driver = self.driving_landmarks(driving_frames, options, stats, fps=fps)
+        drv_ref: np.ndarray | None = None
+        drv_last: np.ndarray | None = None
+        base: SourceFace | None = None
+        silhouette = None
+        for frame, lm, crop in self.track(source_frames, options, stats, fps):
+            nxt = next(driver, None)
+            if nxt is not None and nxt[1] is not None:
+                drv_last = nxt[1]
+                drv_ref = drv_last if drv_ref is None else drv_ref
+            t0 = time.perf_counter()
+            if lm is None or drv_last is None:
+                out = frame
+            else:
+                face = crop.crop(frame)
+                if base is None:  # identity and head silhouette from the first frame with a face
+                    base = self.source_from_crop(face, lm, image=frame, crop=crop)
+                    silhouette = silhouette_factors(lm, person_mask(face))
+                rings = head_points(lm, self.size, self.size, silhouette)
+                triangles = source_triangles(np.concatenate([lm[:, :2], rings.points]), self.size, self.size)
+                src = SourceFace(image=frame, crop=crop, face=face, landmarks=lm, identity=base.identity,
+                                 rings=rings, triangles=triangles)
+                # this frame's own face, its mouth (made neutral first: the source's own speech is
+                # replaced) and eyes moved by the driver's change since its first frame
+                moved = transfer_landmarks(lm, drv_last, drv_ref, mode="relative", neutral_mouth=True)
+                target = apply_parts(lm, moved, parts, options.motion_scale)
+                target = self.control(src, target, dataclasses.replace(options, parts=("all",), motion_scale=1.0,
+                                                                       pose_scale=1.0))
+                t1 = time.perf_counter()
+                grids, residuals = self.motion(src, [target], options.full_head)
+                stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t1
+                out = render_into_photo(frame, crop, grids[0], None if residuals is None else residuals[0])
+            if options.visible_label:
+                out = add_visible_label(out)
+            stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0
+            yield out
+        if base is None:
+            raise NoFaceError("no face was found in any frame of the source video")
+
     def reenact(
         self,
         source: str | Path | np.ndarray,
@@ -573,6 +645,8 @@ class MetaPortraitPipeline:
         max_frames = info.num_frames
         if options.max_seconds is not None:
             max_frames = min(max_frames, max(1, int(round(options.max_seconds * info.fps))))
+        if is_video_path(source):
+            return self._reenact_video_source(Path(source), driving, output, options, limits, progress)
         stats: dict[str, float] = {}
         t0 = time.perf_counter()
         if options.face is None:
@@ -609,6 +683,43 @@ class MetaPortraitPipeline:
             output_path=output, num_frames=written, fps=info.fps, has_audio=info.has_audio,
             frames_without_face=missed, timings=stats,
         )
+
+
+    def _reenact_video_source(self, source: Path, driving, output: Path, options: ReenactOptions, limits,
+                              progress: ProgressCallback | None) -> ReenactResult:
+        """``reenact`` with a video as the source: the output has the source video's frames, size and
+        frame rate, and the audio of ``options.audio`` ("driving" or "source")."""
+        src_info = probe_video(source, limits)
+        n = src_info.num_frames
+        if options.max_seconds is not None:
+            n = min(n, max(1, int(round(options.max_seconds * src_info.fps))))
+        audio = {"driving": driving, "source": source}[options.audio]
+        has_audio = probe_video(audio, limits).has_audio
+        stats: dict[str, float] = {}
+        if progress:
+            progress(0, n, "frames")
+        written = 0
+        with VideoWriter(output, fps=src_info.fps, audio_from=audio if has_audio else None,
+                         metadata={"title": "metaportrait reenactment (video source)", "source_mode": "video"}) as writer:
+            frames = self.animate_video_source(iter_frames(source, max_frames=n, limits=limits),
+                                               iter_frames(driving, limits=limits), options, stats, fps=src_info.fps)
+            for frame in frames:
+                t1 = time.perf_counter()
+                writer.write(frame)
+                stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
+                written += 1
+                if progress:
+                    progress(written, n, "frames")
+        return ReenactResult(output_path=output, num_frames=written, fps=src_info.fps, has_audio=has_audio,
+                             frames_without_face=0, timings=stats)
+
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".flv", ".mpg", ".mpeg", ".wmv")
+
+
+def is_video_path(source: object) -> bool:
+    """Whether a reenactment source names a video file (by its suffix) rather than a photo."""
+    return isinstance(source, (str, Path)) and Path(source).suffix.lower() in VIDEO_SUFFIXES
 
 
 __all__ = [

@@ -216,3 +216,39 @@ def test_reenact_face_option(pipe, two_faces, tmp_path):
     assert not (tmp_path / "x.mp4").exists()
     with pytest.raises(ValueError, match="face must be"):
         ReenactOptions(face=0)
+
+
+def test_video_as_the_source_keeps_its_frames_and_head_motion(pipe, tmp_path):
+    """Dubbing: a real talking clip as the source, another person driving. The output has the source's
+    frame count, size and fps; its face's head pose follows the source video, not the driver."""
+    from metaportrait.face.controls import split_pose as pose_of
+    from metaportrait.video import probe_video
+
+    src_video, drv_video = EXAMPLES / "driving_franck.mp4", EXAMPLES / "driving_speech.mp4"
+    res = pipe.reenact(src_video, drv_video, tmp_path / "dub.mp4",
+                       ReenactOptions(max_seconds=1.0, visible_label=False, audio="driving"))
+    info, src_info = probe_video(res.output_path), probe_video(src_video)
+    assert res.num_frames == info.num_frames == 24
+    assert (info.width, info.height) == (src_info.width, src_info.height) and abs(info.fps - src_info.fps) < 1e-6
+    out_frames = list(iter_frames(res.output_path))
+    src_frames = list(iter_frames(src_video, max_frames=24))
+    drv_frames = list(iter_frames(drv_video, max_frames=24))
+    with FaceAnalyzer(static_image_mode=True, max_faces=1) as analyzer:
+        def lms(frames):
+            return [analyzer.largest(f).landmarks for f in frames[::4]]
+
+        out_l, src_l, drv_l = lms(out_frames), lms(src_frames), lms(drv_frames)
+
+    def motion(track):  # mean displacement of the stable points from the first sampled frame
+        first = track[0][list(STABLE_POINTS)]
+        return [float(np.linalg.norm(t[list(STABLE_POINTS)] - first, axis=1).mean()) for t in track]
+
+    # the output's head follows the source's own motion (the source moves ~10 px in this second) ...
+    to_src = np.abs(np.subtract(motion(out_l), motion(src_l)))
+    to_drv = np.abs(np.subtract(motion(out_l), motion(drv_l)))
+    assert to_src.mean() < 1.5 and to_src.max() < 3.0
+    assert to_src.mean() < 0.5 * to_drv.mean()
+    # ... and the expression moved: the output differs from the source in the face
+    diff = np.mean([np.abs(o.astype(int) - s.astype(int)).mean() for o, s in zip(out_frames, src_frames)])
+    assert diff > 0.3
+    del pose_of

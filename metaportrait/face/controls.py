@@ -283,23 +283,29 @@ def apply_parts(
             raise ValueError(f"{name} must be in [0, 3], got {v!r}")
     src = _as_landmarks(source, "source")[:, :2]
     pose, expr = split_pose(src, target)
-    keep = np.zeros(len(src), bool)
+    # a weight per landmark, 1 where the part moves, fading smoothly around it (a hard edge between
+    # moved and still landmarks would fold the skin between them)
+    weight = np.zeros(len(src))
     use_pose = "all" in parts or "head" in parts
     if "all" in parts or "expression" in parts:
-        keep[:] = True
+        weight[:] = 1.0
+    width = float(np.linalg.norm(src[291] - src[61]))
+
+    def region(idx: Iterable[int], sigma: float) -> np.ndarray:
+        pts = src[list(idx)]
+        d = np.sqrt(((src[:, None, :] - pts[None]) ** 2).sum(-1)).min(1)
+        w = np.exp(-0.5 * (d / sigma) ** 2)
+        w[list(idx)] = 1.0
+        return w
+
     if "eyes" in parts:
-        keep[list(EYE_REGION) + list(LEFT_BROW) + list(RIGHT_BROW)] = True
+        weight = np.maximum(weight, region(list(EYE_REGION) + list(LEFT_BROW) + list(RIGHT_BROW), 0.25 * width))
     if "lips" in parts:
-        mouth = np.zeros(len(src), bool)
-        mouth[list(LIPS)] = True
-        # the jaw below the mouth moves with it
-        left, right = src[61], src[291]
-        width = float(np.linalg.norm(right - left))
-        mid = (left + right) / 2
-        near = np.linalg.norm(src - mid, axis=1) < 1.1 * width
-        near[list(STABLE_POINTS)] = False  # the points that define the head pose stay with the head
-        keep |= mouth | near
-    moved = src + motion_scale * np.where(keep[:, None], expr, 0.0)
+        chin = [152, 148, 377, 176, 400, 149, 378]  # the jaw moves with the mouth
+        weight = np.maximum(weight, region(list(LIPS) + chin, 0.35 * width))
+    if not ("all" in parts or "expression" in parts):
+        weight[list(STABLE_POINTS)] = 0.0  # the points that define the head pose stay with the head
+    moved = src + motion_scale * weight[:, None] * expr
     if use_pose:
         s, r, t = _scaled_pose(pose, pose_scale, src[list(STABLE_POINTS)].mean(0))
         moved = s * moved @ r.T + t
