@@ -24,6 +24,7 @@ import torch
 # PersonFrames and collect_frames are shared with the few-shot family; they are re-exported here,
 # where they have always been importable from
 from metaportrait.person import PersonFrames, collect_frames
+from metaportrait.tensors import to_uint8
 
 ProgressFn = Callable[[int, float, float], bool | None]
 """``progress(step, loss, elapsed_seconds)``; returning True stops early."""
@@ -241,7 +242,7 @@ def render_preview(generator, objective, person: PersonFrames, source: int, targ
     generator.eval()
     out = objective(generator, batch, stage="full").output.image
     generator.train(was_training)
-    img = out[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    img = to_uint8(out[:1])[0]
     return np.concatenate([p.frames[source], p.frames[target], img], axis=1)
 
 

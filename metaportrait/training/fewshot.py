@@ -62,6 +62,7 @@ from metaportrait.models.fewshot import (
     ProjectionDiscriminator,
     ProjectionDiscriminatorConfig,
 )
+from metaportrait.tensors import to_tensor
 from metaportrait.training.checkpoint import complete_checkpoints, load_checkpoint, rotate_checkpoints, save_checkpoint
 from metaportrait.training.losses import (
     PerceptualLoss,
@@ -276,12 +277,6 @@ class _Clip:
     frames: np.ndarray  # usable frame indices (valid and before heldout_frames_from)
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``N×H×W×3`` uint8 -> ``N×3×H×W`` float in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return t / 127.5 - 1.0
-
-
 class FewShotVideoData:
     """The training videos of a prepared-data folder (docs/DATA_FORMAT.md), read with memory maps.
 
@@ -343,14 +338,14 @@ class FewShotVideoData:
         frames, landmarks = self._open(i)
         idx = np.asarray(indices, dtype=np.int64)
         src = frames.shape[1]
-        x = _to_tensor(np.asarray(frames[idx]))
+        x = to_tensor(np.asarray(frames[idx]))
         s = self.image_size
         if src != s:
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
         from metaportrait.face.drawing import draw_landmark_image
 
         pts = np.asarray(landmarks[idx], dtype=np.float32) * (s / src)
-        y = _to_tensor(np.stack([draw_landmark_image(p, s) for p in pts]))
+        y = to_tensor(np.stack([draw_landmark_image(p, s) for p in pts]))
         return x, y
 
 

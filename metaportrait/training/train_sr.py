@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metaportrait.models.hub import ModelConfig
 from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+from metaportrait.tensors import to_tensor
 from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint
 from metaportrait.training.degradations import DegradationConfig, degrade_clip
 from metaportrait.training.prepare import crop_source_side
@@ -206,10 +207,6 @@ class SRClipDataset(Dataset):
         if self.hflip and rng.random() < 0.5:
             hr = np.ascontiguousarray(hr[:, :, ::-1])
         lr = degrade_clip(hr, self.degradation, self.lr_size, rng)
-
-        def to_tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
         return {"lr": to_tensor(lr), "hr": to_tensor(hr)}
 
 
