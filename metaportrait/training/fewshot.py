@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metaportrait.config import ConfigChecks
 from metaportrait.models.fewshot import (
     Embedder,
     EmbedderConfig,
@@ -121,7 +122,7 @@ class FewShotLossWeights:
 
 
 @dataclass(frozen=True)
-class FewShotTrainConfig:
+class FewShotTrainConfig(ConfigChecks):
     """Meta-learning run settings; load with :meth:`from_json` (``configs/fewshot_*.json``).
 
     ``preset`` picks the E/G/D presets (``paper`` 256², ``demo`` 128², ``tiny`` 64²); frames are
@@ -161,12 +162,9 @@ class FewShotTrainConfig:
             allowed = typing.get_args(typing.get_type_hints(FewShotTrainConfig)[lit])
             if getattr(self, lit) not in allowed:
                 raise ValueError(f"{lit} must be one of {allowed}, got {getattr(self, lit)!r}")
-        for name in ("frames_per_episode", "batch_size", "steps", "d_steps_per_g_step", "checkpoint_every",
-                     "keep_checkpoints", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        self.check_positive_ints("frames_per_episode", "batch_size", "steps", "d_steps_per_g_step", "checkpoint_every",
+                                 "keep_checkpoints", "log_every")
+        self.check_non_negative_ints("num_workers")
         for name in ("lr_embedder_generator", "lr_discriminator"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metaportrait.config import ConfigChecks
 from metaportrait.errors import CheckpointError
 from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint, truncate_log
 
 
 @dataclass(frozen=True)
-class MetaTrainConfig:
+class MetaTrainConfig(ConfigChecks):
     data_dir: str
     output_dir: str
     init_from: str  # base generator folder or pipeline folder
@@ -48,9 +49,7 @@ class MetaTrainConfig:
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("outer_steps", "tasks_per_step", "inner_steps", "frames_per_identity", "inner_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.check_positive_ints("outer_steps", "tasks_per_step", "inner_steps", "frames_per_identity", "inner_batch_size")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> MetaTrainConfig:

@@ -55,6 +55,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from metaportrait.config import ConfigChecks
+
 __all__ = [
     "AdaptResult",
     "LossFn",
@@ -71,7 +73,7 @@ LossFn = Callable[[nn.Module, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class ReptileConfig:
+class ReptileConfig(ConfigChecks):
     """Hyper-parameters of Reptile (MetaPortrait Algorithm 1; defaults are the paper's / official).
 
     inner_steps: K, inner optimisation steps per task (paper 24).
@@ -107,10 +109,7 @@ class ReptileConfig:
         self.validate()
 
     def validate(self) -> None:
-        if int(self.inner_steps) != self.inner_steps or self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be a positive integer, got {self.inner_steps!r}")
-        if int(self.tasks_per_step) != self.tasks_per_step or self.tasks_per_step < 1:
-            raise ValueError(f"tasks_per_step must be a positive integer, got {self.tasks_per_step!r}")
+        self.check_positive_ints("inner_steps", "tasks_per_step")
         for name in ("inner_lr", "outer_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):

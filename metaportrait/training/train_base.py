@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from metaportrait.config import ConfigChecks
 from metaportrait.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -44,7 +45,7 @@ logger = logging.getLogger("metaportrait.train_base")
 
 
 @dataclass(frozen=True)
-class BaseTrainConfig:
+class BaseTrainConfig(ConfigChecks):
     """A training recipe; ``configs/base_paper.json`` and ``configs/base_demo.json`` are two."""
 
     data_dir: str
@@ -108,8 +109,7 @@ class BaseTrainConfig:
             raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
         if self.warp_steps < 0 or self.full_steps < 0 or self.warp_steps + self.full_steps == 0:
             raise ValueError(f"need warp_steps + full_steps > 0, got {self.warp_steps} + {self.full_steps}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
+        self.check_positive_ints("batch_size", "grad_accum")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
 
