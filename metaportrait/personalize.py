@@ -102,8 +102,10 @@ def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFrames, batch_size: int = 8) -> tuple[float, float]:
-    """Mean L1 (in [0, 1] units) and mean PSNR (dB) of the outputs for ``frames``, driven from
+    """Mean L1 (in [0, 1] units) and mean PSNR (dB, :func:`~metaportrait.evaluation.metrics.psnr` of
+    the uint8 images, an exact match counting as 100 dB) of the outputs for ``frames``, driven from
     ``train``'s first frame (the model's mode is left as it is)."""
+    from metaportrait.evaluation.metrics import PSNR_CAP_DB, psnr
     from metaportrait.training.datasets import collate_pairs, make_pair
 
     l1s, psnrs = [], []
@@ -114,8 +116,8 @@ def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFram
         out = objective(generator, batch, stage="full").output.image.float().clamp(-1, 1)
         diff = (out - batch.driving) / 2
         l1s.append(diff.abs().mean(dim=(1, 2, 3)))
-        psnrs.append(10 * torch.log10(1.0 / diff.pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)))
-    return float(torch.cat(l1s).mean()), float(torch.cat(psnrs).mean())
+        psnrs.extend(min(PSNR_CAP_DB, psnr(a, b)) for a, b in zip(to_uint8(out), to_uint8(batch.driving)))
+    return float(torch.cat(l1s).mean()), float(np.mean(psnrs))
 
 
 class PersonPairs(torch.utils.data.Dataset):
