@@ -20,7 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def _config(prepared: Path, tiny256: Path, out: Path, **kw) -> BaseTrainConfig:
     base = dict(
         data_dir=str(prepared), output_dir=str(out), preset=str(tiny256), warp_steps=2, full_steps=2, batch_size=2,
-        mixed_precision="no", checkpoint_every=2, log_every=1, image_every=4, warmup_steps=1, disc_preset="tiny",
+        mixed_precision="no", checkpoint_every=2, log_every=1, image_every=4, lr_warmup_steps=1, disc_preset="tiny",
         adversarial=True, perceptual_network="sface", perceptual_pyramid=(0.25,), pixel_l1=1.0,
         weights={"identity": 1.0}, seed=3,
     )
@@ -110,7 +110,7 @@ def test_blend_recipe_ships_a_zero_residual_head(option, prepared_data, tmp_path
     preset.write_text(json.dumps(cfg.to_dict()))
     config = BaseTrainConfig(
         data_dir=str(prepared_data), output_dir=str(tmp_path / "run"), preset=str(preset), warp_steps=0, full_steps=3,
-        batch_size=2, lr=1e-2, mixed_precision="no", checkpoint_every=3, log_every=1, image_every=0, warmup_steps=0,
+        batch_size=2, learning_rate=1e-2, mixed_precision="no", checkpoint_every=3, log_every=1, image_every=0, lr_warmup_steps=0,
         adversarial=False, perceptual_network="sface", perceptual_pyramid=(0.25,), pixel_l1=1.0, pixel_ssim=1.0,
         weights={"identity": 0.0}, joint_warp_lr_scale=0.0, ema_decay=0.0, **{option: ["refinement.head"]},
     )

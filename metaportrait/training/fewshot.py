@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaportrait.config import ConfigChecks
+from metaportrait.config import ConfigChecks, rename_keys
 from metaportrait.models.fewshot import (
     Embedder,
     EmbedderConfig,
@@ -121,6 +121,10 @@ class FewShotLossWeights:
             raise ValueError("at least one content-loss weight (vgg19, vggface, pixel) must be > 0")
 
 
+# Field names before the training configs shared the diffusers-script names ({old: new}).
+RENAMED_KEYS = {"keep_checkpoints": "checkpoints_total_limit"}
+
+
 @dataclass(frozen=True)
 class FewShotTrainConfig(ConfigChecks):
     """Meta-learning run settings; load with :meth:`from_json` (``configs/fewshot_*.json``).
@@ -128,7 +132,7 @@ class FewShotTrainConfig(ConfigChecks):
     ``preset`` picks the E/G/D presets (``paper`` 256², ``demo`` 128², ``tiny`` 64²); frames are
     resized to that resolution. ``frames_per_episode`` is K (8 in the paper). ``checkpoint_every``
     steps a checkpoint (safetensors + JSON) is written to ``output_dir/checkpoints/step_<8-digit step>`` (the last
-    ``keep_checkpoints`` are kept); at the end E, G, D go to ``output_dir/{embedder,generator,
+    ``checkpoints_total_limit`` are kept); at the end E, G, D go to ``output_dir/{embedder,generator,
     discriminator}`` with ``save_pretrained``.
     """
 
@@ -144,7 +148,7 @@ class FewShotTrainConfig(ConfigChecks):
     d_steps_per_g_step: int = 2
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
+    checkpoints_total_limit: int = 3
     log_every: int = 10
     seed: int = 0
     num_workers: int = 0
@@ -163,7 +167,7 @@ class FewShotTrainConfig(ConfigChecks):
             if getattr(self, lit) not in allowed:
                 raise ValueError(f"{lit} must be one of {allowed}, got {getattr(self, lit)!r}")
         self.check_positive_ints("frames_per_episode", "batch_size", "steps", "d_steps_per_g_step", "checkpoint_every",
-                                 "keep_checkpoints", "log_every")
+                                 "checkpoints_total_limit", "log_every")
         self.check_non_negative_ints("num_workers")
         for name in ("lr_embedder_generator", "lr_discriminator"):
             if not getattr(self, name) > 0:
@@ -179,6 +183,8 @@ class FewShotTrainConfig(ConfigChecks):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FewShotTrainConfig:
+        """``keep_checkpoints`` (the older name) is read as ``checkpoints_total_limit``."""
+        data = rename_keys(data, RENAMED_KEYS, "FewShotTrainConfig")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names - {"_comment"})
         if unknown:
@@ -530,7 +536,7 @@ def train_fewshot(config: FewShotTrainConfig, *, resume: str | Path | None = Non
         if step % config.log_every == 0 or step == config.steps:
             accelerator.log(scalars, step=step)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_checkpoint(accelerator, parts, output_dir, step, config.keep_checkpoints)
+            _save_checkpoint(accelerator, parts, output_dir, step, config.checkpoints_total_limit)
     seconds = (time.perf_counter() - t_start) / max(1, len(history))
 
     accelerator.wait_for_everyone()
