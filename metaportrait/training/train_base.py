@@ -207,7 +207,7 @@ def train(config: BaseTrainConfig) -> Path:
     out = Path(config.output_dir)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=config.grad_accum,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
@@ -288,17 +288,23 @@ def train(config: BaseTrainConfig) -> Path:
         stage = config.stage_at(state.step)
         generator.train()
         logs: dict[str, float] = {}
+        # One optimiser step per ``grad_accum`` micro-batches, as in the diffusers training scripts:
+        # accelerator.backward divides each loss by grad_accum, and under DDP only the last
+        # micro-batch all-reduces its gradients. The optimiser step below comes after the last
+        # micro-batch, where accelerator.sync_gradients is True.
         for micro in range(config.grad_accum):
             batch = source.batch(state.step, micro).to(device)
-            with accelerator.autocast():
-                result = objective(generator, batch, stage=stage, discriminator=disc)
-            loss, out_g = result.loss, result.output
-            if not torch.isfinite(loss):
-                break
-            accelerator.backward(loss / config.grad_accum)
+            with accelerator.accumulate(generator):
+                with accelerator.autocast():
+                    result = objective(generator, batch, stage=stage, discriminator=disc)
+                loss, out_g = result.loss, result.output
+                if not torch.isfinite(loss):
+                    break
+                accelerator.backward(loss)
         if not torch.isfinite(loss):
             state.skipped_nonfinite += 1
             opt_g.zero_grad(set_to_none=True)
+            accelerator.step = 0  # the next step's micro-batches count from the first again
             accelerator.print(f"step {state.step}: non-finite loss, step skipped ({state.skipped_nonfinite} so far)")
             state.step += 1
             continue
@@ -317,7 +323,9 @@ def train(config: BaseTrainConfig) -> Path:
                 d_out_real = disc(batch.driving, batch.driving_landmark_image)
                 d_loss = discriminator_loss(d_out_real.logits, d_out_fake.logits, kind="lsgan")
             if torch.isfinite(d_loss):
-                accelerator.backward(d_loss)
+                # one discriminator step per generator step on the last micro-batch: undo the
+                # division by grad_accum that accelerator.backward applies to every loss
+                accelerator.backward(d_loss * config.grad_accum if config.grad_accum > 1 else d_loss)
                 if config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(disc.parameters(), config.max_grad_norm)
                 opt_d.step()
