@@ -204,12 +204,12 @@ def fewshot_rows(folder: Path, train, test) -> list[dict]:
     def tensors(person, idx):
         import cv2
 
+        from metaportrait.tensors import to_tensor
+
         frames = np.stack([cv2.resize(person.frames[i], (size, size), interpolation=cv2.INTER_AREA) for i in idx])
         scale = size / person.frames.shape[1]
         lms = [draw_landmark_image(person.landmarks[i] * scale, size) for i in idx]
-        f = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-        y = torch.from_numpy(np.stack(lms)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return f, y
+        return to_tensor(frames), to_tensor(lms)
 
     test_f, test_y = tensors(test, range(len(test)))
     out = []

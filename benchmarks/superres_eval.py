@@ -87,7 +87,8 @@ def main() -> None:
     print("| method | PSNR ↑ | SSIM ↑ | E_warp ↓ | FPS |")
     print("|---|---|---|---|---|")
     print(f"| ground truth | – | – | {np.mean(gt_ewarp):.4f} | – |")
-    summary = {"input": args.input, "ground_truth_e_warp": float(np.mean(gt_ewarp))}
+    summary = {"input": args.input, "ssim_window": "7x7 uniform (metaportrait.evaluation.metrics.ssim)",
+               "ground_truth_e_warp": float(np.mean(gt_ewarp))}
     for name, r in rows.items():
         m = {k: float(np.mean(v)) for k, v in r.items()}
         summary[name] = m

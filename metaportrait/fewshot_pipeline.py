@@ -27,6 +27,7 @@ from metaportrait.errors import WeightsError
 from metaportrait.face import CropTransform, FaceAnalyzer, draw_landmark_image, transfer_landmarks
 from metaportrait.io import DEFAULT_LIMITS, InputLimits
 from metaportrait.person import PersonFrames
+from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
 
 
@@ -69,8 +70,7 @@ def person_tensors(person: PersonFrames, size: int) -> tuple[torch.Tensor, torch
     scale = size / person.frames.shape[1]
     frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in person.frames])
     marks = np.stack([draw_landmark_image(lm * scale, size) for lm in person.landmarks])
-    to = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # noqa: E731
-    return to(frames), to(marks)
+    return to_tensor(frames), to_tensor(marks)
 
 
 @dataclass
@@ -122,8 +122,7 @@ class FewShotPipeline:
     def render(self, landmarks: list[np.ndarray]) -> np.ndarray:
         g = self.generator.config.image_size
         marks = np.stack([draw_landmark_image(lm * g / self.size, g) for lm in landmarks])
-        y = torch.from_numpy(marks).to(self.device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        out = self.generator(y).float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        out = to_uint8(self.generator(to_tensor(marks, self.device)))
         return np.stack([cv2.resize(o, (self.size, self.size), interpolation=cv2.INTER_CUBIC) for o in out])
 
     def reenact(self, driving: str | Path, output: str | Path, visible_label: bool = True, batch: int = 8) -> Path:

@@ -42,6 +42,7 @@ from metaportrait.convert.sface import (
 from metaportrait.errors import WeightsError
 from metaportrait.models.face_align import align_faces
 from metaportrait.models.identity_encoder import IdentityEncoder, IdentityEncoderConfig
+from metaportrait.tensors import to_tensor
 
 HUB_SFACE_SOURCE = "hub:opencv"
 DEFAULT_CACHE_DIR = Path("~/.cache/metaportrait")
@@ -239,7 +240,7 @@ def identity_embedding(encoder: IdentityEncoder, image_uint8: np.ndarray, landma
     if landmarks.ndim != 2 or landmarks.shape[0] not in (468, 478) or landmarks.shape[1] != 2:
         raise ValueError(f"landmarks478 must be 478×2 (or 468×2 without irises), got shape {landmarks.shape}")
     param = next(encoder.parameters())
-    x = torch.from_numpy(np.array(image, dtype=np.float32)).to(param.device).permute(2, 0, 1)[None] / 127.5 - 1.0
+    x = to_tensor(image, param.device)
     points = torch.from_numpy(np.asarray(five_points(landmarks), dtype=np.float32)).to(param.device)[None]
     was_training = encoder.training
     encoder.eval()  # BatchNorm statistics, never batch statistics, for a single face

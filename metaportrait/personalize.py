@@ -24,6 +24,7 @@ import torch
 # PersonFrames and collect_frames are shared with the few-shot family; they are re-exported here,
 # where they have always been importable from
 from metaportrait.person import PersonFrames, collect_frames
+from metaportrait.tensors import to_uint8
 
 ProgressFn = Callable[[int, float, float], bool | None]
 """``progress(step, loss, elapsed_seconds)``; returning True stops early."""
@@ -101,8 +102,10 @@ def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFrames, batch_size: int = 8) -> tuple[float, float]:
-    """Mean L1 (in [0, 1] units) and mean PSNR (dB) of the outputs for ``frames``, driven from
+    """Mean L1 (in [0, 1] units) and mean PSNR (dB, :func:`~metaportrait.evaluation.metrics.psnr` of
+    the uint8 images, an exact match counting as 100 dB) of the outputs for ``frames``, driven from
     ``train``'s first frame (the model's mode is left as it is)."""
+    from metaportrait.evaluation.metrics import PSNR_CAP_DB, psnr
     from metaportrait.training.datasets import collate_pairs, make_pair
 
     l1s, psnrs = [], []
@@ -113,8 +116,8 @@ def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFram
         out = objective(generator, batch, stage="full").output.image.float().clamp(-1, 1)
         diff = (out - batch.driving) / 2
         l1s.append(diff.abs().mean(dim=(1, 2, 3)))
-        psnrs.append(10 * torch.log10(1.0 / diff.pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)))
-    return float(torch.cat(l1s).mean()), float(torch.cat(psnrs).mean())
+        psnrs.extend(min(PSNR_CAP_DB, psnr(a, b)) for a, b in zip(to_uint8(out), to_uint8(batch.driving)))
+    return float(torch.cat(l1s).mean()), float(np.mean(psnrs))
 
 
 class PersonPairs(torch.utils.data.Dataset):
@@ -241,7 +244,7 @@ def render_preview(generator, objective, person: PersonFrames, source: int, targ
     generator.eval()
     out = objective(generator, batch, stage="full").output.image
     generator.train(was_training)
-    img = out[0].float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    img = to_uint8(out[:1])[0]
     return np.concatenate([p.frames[source], p.frames[target], img], axis=1)
 
 

@@ -59,6 +59,7 @@ from metaportrait.face.mesh_warp import source_triangles
 from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE, MOUTH_INNER, MOUTH_OUTER
 from metaportrait.face.segmentation import person_mask
 from metaportrait.render import output_size, render_crop, render_into_photo
+from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
 from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
@@ -207,24 +208,6 @@ class ReenactResult:
     def fps_end_to_end(self) -> float:
         total = sum(self.timings.values())
         return self.num_frames / total if total > 0 else float("nan")
-
-
-def to_tensor(images: np.ndarray | list[np.ndarray], device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 ``(B×)H×W×3`` -> float ``B×3×H×W`` in [-1, 1]."""
-    arr = np.stack(images) if isinstance(images, list) else images
-    if arr.ndim == 3:
-        arr = arr[None]
-    arr = np.ascontiguousarray(arr)
-    if not arr.flags.writeable:  # e.g. a read-only memory map of prepared frames
-        arr = arr.copy()
-    t = torch.from_numpy(arr).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float ``B×3×H×W`` in [-1, 1] -> uint8 ``B×H×W×3``."""
-    x = images.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 class MetaPortraitPipeline:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from metaportrait.models.temporal_sr import TemporalSuperResolution
+from metaportrait.tensors import to_tensor, to_uint8
 
 __all__ = ["bicubic_upscale", "default_overlap", "load_sr_model", "upscale_frames", "upscale_video"]
 
@@ -47,17 +48,6 @@ def bicubic_upscale(frames: np.ndarray, size: int = 512) -> np.ndarray:
     if frames.ndim == 3:
         return cv2.resize(frames, (size, size), interpolation=cv2.INTER_CUBIC)
     return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in frames])
-
-
-def _to_tensor(frames: list[np.ndarray], device: torch.device) -> torch.Tensor:
-    arr = torch.from_numpy(np.stack(frames)).to(device)  # T×H×W×3 uint8
-    return arr.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """``T×3×H×W`` in [-1, 1] -> ``T×H×W×3`` uint8."""
-    x = frames.float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round()
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def upscale_frames(
@@ -103,11 +93,11 @@ def upscale_frames(
     next_window = 0  # index k of the next window, starting at k·stride
 
     def run(starts: list[int], length: int) -> list[np.ndarray]:
-        clips = [_to_tensor(buf[s - base : s - base + length], dev) for s in starts]
+        clips = [to_tensor(buf[s - base : s - base + length], dev) for s in starts]
         x = torch.stack(clips)
         with torch.inference_mode(), torch.autocast(dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             y = model(x).frames
-        return [_to_uint8(clip) for clip in y]
+        return [to_uint8(clip) for clip in y]
 
     def check(frame: np.ndarray, index: int) -> np.ndarray:
         frame = np.asarray(frame)

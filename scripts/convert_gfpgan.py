@@ -30,10 +30,11 @@ def _static_clip_check(state_dict: dict, model: torch.nn.Module, config: Tempora
     from skimage import data
 
     from metaportrait.models.gfpgan_clean import GFPGANv1Clean
+    from metaportrait.tensors import to_tensor
 
     net2d = GFPGANv1Clean(gfpgan_config_for(config)).eval()
     net2d.load_state_dict(state_dict, strict=True)
-    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    img = to_tensor(data.astronaut())
     low = F.interpolate(img, size=(config.in_size, config.in_size), mode="area")
     with torch.inference_mode():
         ref = net2d(F.interpolate(low, size=(config.out_size,) * 2, mode="bilinear", align_corners=False)).image

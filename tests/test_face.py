@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from metaportrait.errors import MultipleFacesWarning, NoFaceError
+from metaportrait.evaluation.metrics import psnr
 from metaportrait.face import (
     EDGE_PALETTE,
     FACE_OVAL,
@@ -43,11 +44,6 @@ def astronaut_face(analyzer, astronaut):
 def franck_track(driving_frames):
     with FaceAnalyzer(static_image_mode=False) as a:
         return np.stack([a.largest(f).landmarks for f in driving_frames])
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
 
 
 # -- detection -------------------------------------------------------------------------------
@@ -144,7 +140,7 @@ def test_paste_back_round_trip(astronaut_face, astronaut):
     inside[max(0, int(np.floor(y0))) : int(np.ceil(y1)) + 1,
            max(0, int(np.floor(x0))) : int(np.ceil(x1)) + 1] = True
     assert np.array_equal(out[~inside], astronaut[~inside])
-    assert _psnr(out[inside], astronaut[inside]) > 30
+    assert psnr(out[inside], astronaut[inside]) > 30
     # a different generated image changes only the box, with a feathered (not hard) edge
     grey = np.full_like(crop, 128)
     pasted = t.paste_back(astronaut, grey)

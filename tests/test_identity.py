@@ -271,7 +271,7 @@ def test_same_person_scores_above_different_people(sface, faces):
 
 
 def test_identity_embedding_uses_the_five_template_points(sface, faces):
-    regions = pytest.importorskip("metaportrait.face.regions", reason="metaportrait.face.regions not available yet")
+    from metaportrait.face import regions
     from metaportrait.identity import identity_embedding
 
     image, landmarks = faces["astronaut"]

@@ -45,8 +45,11 @@ def test_meta_train_steps_checkpoint_and_resume(prepared_data, base_folder, tmp_
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["last"]) for r in rows)
     meta = MetaPortraitGenerator.from_pretrained(final / "meta")
     base = MetaPortraitGenerator.from_pretrained(base_folder / "base")
-    moved = sum((a - b).abs().sum().item() for a, b in zip(meta.parameters(), base.parameters()))
-    assert moved > 0, "the outer step must move the initialisation"
+    deltas = torch.cat([(a - b).abs().flatten() for a, b in zip(meta.parameters(), base.parameters())])
+    # two outer Adam steps move (nearly) every parameter by about outer_lr each (measured: 99.998 %
+    # of the parameters, mean 1.1e-3 for outer_lr 1e-3)
+    assert (deltas > 0).float().mean() > 0.99, "the outer steps must move every trained parameter"
+    assert deltas.mean() > cfg.outer_lr / 2, (deltas.mean(), cfg.outer_lr)
     # resume: ask for one more outer step; it continues from step 2, not from scratch
     meta_train(cfg.__class__(**{**cfg.__dict__, "outer_steps": 3}))
     rows = [json.loads(x) for x in (tmp_path / "meta" / "losses.jsonl").read_text().splitlines()]

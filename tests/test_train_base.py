@@ -20,7 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def _config(prepared: Path, tiny256: Path, out: Path, **kw) -> BaseTrainConfig:
     base = dict(
         data_dir=str(prepared), output_dir=str(out), preset=str(tiny256), warp_steps=2, full_steps=2, batch_size=2,
-        mixed_precision="no", checkpoint_every=2, log_every=1, image_every=4, warmup_steps=1, disc_preset="tiny",
+        mixed_precision="no", checkpoint_every=2, log_every=1, image_every=4, lr_warmup_steps=1, disc_preset="tiny",
         adversarial=True, perceptual_network="sface", perceptual_pyramid=(0.25,), pixel_l1=1.0,
         weights={"identity": 1.0}, seed=3,
     )
@@ -110,7 +110,7 @@ def test_blend_recipe_ships_a_zero_residual_head(option, prepared_data, tmp_path
     preset.write_text(json.dumps(cfg.to_dict()))
     config = BaseTrainConfig(
         data_dir=str(prepared_data), output_dir=str(tmp_path / "run"), preset=str(preset), warp_steps=0, full_steps=3,
-        batch_size=2, lr=1e-2, mixed_precision="no", checkpoint_every=3, log_every=1, image_every=0, warmup_steps=0,
+        batch_size=2, learning_rate=1e-2, mixed_precision="no", checkpoint_every=3, log_every=1, image_every=0, lr_warmup_steps=0,
         adversarial=False, perceptual_network="sface", perceptual_pyramid=(0.25,), pixel_l1=1.0, pixel_ssim=1.0,
         weights={"identity": 0.0}, joint_warp_lr_scale=0.0, ema_decay=0.0, **{option: ["refinement.head"]},
     )
@@ -182,3 +182,20 @@ def test_evaluate_known_answers(prepared_data, tiny256_config, tmp_path):
     assert self_rows["mesh warp + blur"].psnr != self_rows["mesh warp"].psnr
     assert "| mesh warp + blur |" in report.to_markdown()
     assert {s["method"] for s in json.loads(report.to_json())["scores"]} == set(self_rows)
+
+
+def test_gradient_accumulation_resumes_exactly(prepared_data, tiny256_config, tmp_path):
+    """grad_accum = 2 (accelerator.accumulate): a run resumed from a checkpoint between optimiser
+    steps reproduces the losses of the uninterrupted run."""
+    run_a = tmp_path / "a"
+    train(_config(prepared_data, tiny256_config, run_a, grad_accum=2, batch_size=1))
+    losses_a = _losses(run_a)
+    assert sorted(losses_a) == [1, 2, 3, 4] and all(np.isfinite(v) for v in losses_a.values())
+    run_b = tmp_path / "b"
+    (run_b / "checkpoints").mkdir(parents=True)
+    shutil.copytree(run_a / "checkpoints" / "step_00000002", run_b / "checkpoints" / "step_00000002")
+    train(_config(prepared_data, tiny256_config, run_b, grad_accum=2, batch_size=1))
+    losses_b = _losses(run_b)
+    assert sorted(losses_b) == [3, 4]
+    for step in (3, 4):
+        assert losses_b[step] == pytest.approx(losses_a[step], rel=1e-5, abs=1e-6), (step, losses_a, losses_b)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metaportrait.evaluation.metrics import psnr, ssim  # the package's one PSNR / SSIM, re-exported here
 from metaportrait.face import FaceAnalyzer, mesh_warp_image, transfer_landmarks
 from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE
 
@@ -96,17 +97,6 @@ class EvaluationReport:
 
 
 # ---------------------------------------------------------------------------- metrics
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(structural_similarity(a, b, channel_axis=2, data_range=255))
-
-
 def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (Umeyama) mapping ``src`` points onto ``dst``; returns src mapped."""
     mu_s, mu_d = src.mean(0), dst.mean(0)

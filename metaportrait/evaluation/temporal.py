@@ -14,7 +14,7 @@ comparable with the paper's (512²: ground truth 0.0182, bicubic 0.0184, per-fra
 MetaPortrait 0.0213). Flow: OpenCV Farnebäck (default) or DIS (medium preset) on grey frames.
 Identical consecutive frames contribute exactly 0 (no flow is estimated for them).
 
-:func:`psnr_frames`, :func:`ssim_frames` — per-frame PSNR/SSIM (scikit-image), averaged.
+:func:`psnr_frames`, :func:`ssim_frames` — per-frame PSNR/SSIM (:mod:`metaportrait.evaluation.metrics`), averaged.
 
 Frames: ``uint8`` ``H×W×3`` (0..255) or float ``H×W×3`` in ``[0, 1]``; a sequence or an
 ``N×H×W×3`` array.
@@ -28,6 +28,8 @@ from typing import Literal
 
 import cv2
 import numpy as np
+
+from metaportrait.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
 
 __all__ = [
     "FlowMethod",
@@ -147,27 +149,20 @@ def unaligned_l1(frames: Sequence[np.ndarray] | np.ndarray) -> float:
     return float(np.mean([np.abs(fr[t] - fr[t - 1]).mean() for t in range(1, len(fr))]))
 
 
-def psnr_frames(pred: Sequence[np.ndarray] | np.ndarray, target: Sequence[np.ndarray] | np.ndarray) -> float:
-    """Mean per-frame PSNR (dB) between two equally long sequences, on the [0, 1] scale."""
-    from skimage.metrics import peak_signal_noise_ratio
-
+def _frame_pairs_uint8(pred, target) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Two equally long sequences as uint8 frame pairs (float [0, 1] frames rounded to 0..255)."""
     p, q = _frames01(pred, 1), _frames01(target, 1)
     if len(p) != len(q) or p[0].shape != q[0].shape:
         raise ValueError(f"sequences differ: {len(p)}×{p[0].shape} vs {len(q)}×{q[0].shape}")
-    # identical frames have infinite PSNR; they count as 100 dB
-    vals = [100.0 if np.array_equal(a, b) else min(100.0, peak_signal_noise_ratio(b, a, data_range=1.0)) for a, b in zip(p, q)]
-    return float(np.mean(vals))
+    return [((a * 255.0 + 0.5).astype(np.uint8), (b * 255.0 + 0.5).astype(np.uint8)) for a, b in zip(p, q)]
+
+
+def psnr_frames(pred: Sequence[np.ndarray] | np.ndarray, target: Sequence[np.ndarray] | np.ndarray) -> float:
+    """Mean per-frame :func:`~metaportrait.evaluation.metrics.psnr` (dB, uint8 scale) between two
+    equally long sequences; identical frames (infinite PSNR) count as 100 dB."""
+    return float(np.mean([min(PSNR_CAP_DB, psnr(a, b)) for a, b in _frame_pairs_uint8(pred, target)]))
 
 
 def ssim_frames(pred: Sequence[np.ndarray] | np.ndarray, target: Sequence[np.ndarray] | np.ndarray) -> float:
-    """Mean per-frame SSIM (RGB, Gaussian window as Wang et al.) between two sequences."""
-    from skimage.metrics import structural_similarity
-
-    p, q = _frames01(pred, 1), _frames01(target, 1)
-    if len(p) != len(q) or p[0].shape != q[0].shape:
-        raise ValueError(f"sequences differ: {len(p)}×{p[0].shape} vs {len(q)}×{q[0].shape}")
-    vals = [
-        structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-        for a, b in zip(p, q)
-    ]
-    return float(np.mean(vals))
+    """Mean per-frame :func:`~metaportrait.evaluation.metrics.ssim` (uint8 scale, 7×7 window)."""
+    return float(np.mean([ssim(a, b) for a, b in _frame_pairs_uint8(pred, target)]))

@@ -52,14 +52,8 @@ class DiscriminatorConfig(ModelConfig):
     norm: DiscNorm = "instance"
 
     def validate(self) -> None:
-        for name in ("image_channels", "base_channels", "max_channels", "num_layers", "num_scales"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DiscriminatorConfig.{name} must be a positive int, got {value!r}")
-        if not isinstance(self.condition_channels, int) or self.condition_channels < 0:
-            raise ValueError(
-                f"DiscriminatorConfig.condition_channels must be a non-negative int, got {self.condition_channels!r}"
-            )
+        self.check_positive_ints("image_channels", "base_channels", "max_channels", "num_layers", "num_scales")
+        self.check_non_negative_ints("condition_channels")
         if not isinstance(self.spectral_norm, bool):
             raise ValueError(f"DiscriminatorConfig.spectral_norm must be a bool, got {self.spectral_norm!r}")
         if self.norm not in _NORMS:

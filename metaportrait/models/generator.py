@@ -52,8 +52,7 @@ class GeneratorConfig(ModelConfig):
             raise ValueError(f"GeneratorConfig.warping must be a WarpingConfig, got {self.warping!r}")
         if not isinstance(self.refinement, RefinementConfig):
             raise ValueError(f"GeneratorConfig.refinement must be a RefinementConfig, got {self.refinement!r}")
-        if not isinstance(self.identity_dim, int) or isinstance(self.identity_dim, bool) or self.identity_dim < 1:
-            raise ValueError(f"GeneratorConfig.identity_dim must be a positive int, got {self.identity_dim!r}")
+        self.check_positive_ints("identity_dim")
         if self.refinement.identity_dim != self.identity_dim:
             raise ValueError(
                 f"GeneratorConfig.identity_dim ({self.identity_dim}) != refinement.identity_dim "

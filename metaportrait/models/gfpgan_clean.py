@@ -329,11 +329,8 @@ class GFPGANv1CleanConfig(ModelConfig):
     def validate(self) -> None:
         if self.out_size not in (16, 32, 64, 128, 256, 512, 1024):
             raise ValueError(f"out_size must be a power of two in 16..1024, got {self.out_size}")
-        if self.num_style_feat < 1 or self.num_mlp < 0 or self.channel_multiplier < 1:
-            raise ValueError(
-                f"bad num_style_feat={self.num_style_feat}, num_mlp={self.num_mlp}, "
-                f"channel_multiplier={self.channel_multiplier}"
-            )
+        self.check_positive_ints("num_style_feat", "channel_multiplier")
+        self.check_non_negative_ints("num_mlp")
         if not self.narrow > 0:
             raise ValueError(f"narrow must be > 0, got {self.narrow}")
         check_channels(self.channel_multiplier, self.narrow * 0.5, self.out_size)

@@ -23,6 +23,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
 from huggingface_hub import constants as hf_constants
 
+from metaportrait.config import ConfigChecks
 from metaportrait.errors import WeightsError
 
 PAPER_URL = "https://arxiv.org/abs/2212.08062"
@@ -80,11 +81,12 @@ def _coerce(tp: Any, value: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ConfigChecks):
     """Base of every model config: frozen, JSON-serialisable, nested configs allowed.
 
     Subclasses are ``@dataclass(frozen=True)`` and validate their values in ``validate()``
-    (raise ``ValueError`` showing the offending value).
+    (raise ``ValueError`` showing the offending value; :meth:`check_positive_ints` and
+    :meth:`check_non_negative_ints` do the integer fields).
     """
 
     def __post_init__(self) -> None:

@@ -149,9 +149,6 @@ def build_arcface_irse50() -> nn.Module:
     Its ``state_dict`` keys are those of ArcFace checkpoints such as
     ``recognition_arcface_ir_se50.pth`` / ``model_ir_se50.pth``.
     """
-    from metaportrait.compat import patch_torchvision_functional_tensor
-
-    patch_torchvision_functional_tensor()  # facexlib's package import pulls in torchvision helpers
     from facexlib.recognition.arcface_arch import Backbone
 
     return Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")

@@ -80,14 +80,9 @@ class RefinementConfig(ModelConfig):
     blend_residual: bool = True
 
     def validate(self) -> None:
-        for name in ("image_size", "identity_dim", "landmark_channels", "base_channels", "max_channels", "fusion_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"RefinementConfig.{name} must be a positive int, got {value!r}")
-        for name in ("num_down", "num_bottleneck_blocks", "fusion_min_level"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"RefinementConfig.{name} must be a non-negative int, got {value!r}")
+        self.check_positive_ints("image_size", "identity_dim", "landmark_channels", "base_channels", "max_channels",
+                                 "fusion_hidden")
+        self.check_non_negative_ints("num_down", "num_bottleneck_blocks", "fusion_min_level")
         if self.output_mode not in _OUTPUT_MODES:
             raise ValueError(f"RefinementConfig.output_mode must be one of {_OUTPUT_MODES}, got {self.output_mode!r}")
         if not self.blur_sigmas or any(

@@ -92,13 +92,9 @@ class TemporalSRConfig(ModelConfig):
             raise ValueError(f"temporal_convs must be 'all' or 'first_per_block', got {self.temporal_convs!r}")
         if self.temporal_kernel_size < 1 or self.temporal_kernel_size % 2 == 0:
             raise ValueError(f"temporal_kernel_size must be odd and >= 1, got {self.temporal_kernel_size}")
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
-        if self.num_style_feat < 1 or self.num_mlp < 0 or self.channel_multiplier < 1:
-            raise ValueError(
-                f"bad num_style_feat={self.num_style_feat}, num_mlp={self.num_mlp}, "
-                f"channel_multiplier={self.channel_multiplier}"
-            )
+        self.check_positive_ints("window")
+        self.check_positive_ints("num_style_feat", "channel_multiplier")
+        self.check_non_negative_ints("num_mlp")
         if not self.narrow > 0:
             raise ValueError(f"narrow must be > 0, got {self.narrow}")
         check_channels(self.channel_multiplier, self.narrow, self.out_size)

@@ -72,21 +72,10 @@ class WarpingConfig(ModelConfig):
     padding_mode: PaddingMode = "reflection"
 
     def validate(self) -> None:
-        for name in (
-            "image_size",
-            "landmark_channels",
-            "base_channels",
-            "max_channels",
-            "motion_dim",
-            "encoder_depth",
-            "encoder_size",
-            "hourglass_depth",
-            "hourglass_channels",
-            "flow_size",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"WarpingConfig.{name} must be a positive int, got {value!r}")
+        self.check_positive_ints(
+            "image_size", "landmark_channels", "base_channels", "max_channels", "motion_dim", "encoder_depth",
+            "encoder_size", "hourglass_depth", "hourglass_channels", "flow_size",
+        )
         if not isinstance(self.use_prior, bool):
             raise ValueError(f"WarpingConfig.use_prior must be a bool, got {self.use_prior!r}")
         if self.padding_mode not in _PADDING_MODES:

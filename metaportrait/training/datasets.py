@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from metaportrait.errors import NoFaceError
+from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.training.prepare import Manifest
 
 logger = logging.getLogger(__name__)
@@ -190,11 +191,8 @@ def collate_clips(samples: Sequence[ClipSample]) -> ClipSample:
 
 # -- shared helpers ----------------------------------------------------------------------------
 def _to_tensor_image(img: np.ndarray) -> torch.Tensor:
-    """uint8 ``H×W×3`` -> float ``3×H×W`` in [-1, 1]."""
-    arr = np.ascontiguousarray(img)
-    if not arr.flags.writeable:
-        arr = arr.copy()
-    return torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(127.5).sub_(1.0).contiguous()
+    """uint8 ``H×W×3`` -> contiguous float ``3×H×W`` in [-1, 1]."""
+    return to_tensor(img)[0].contiguous()
 
 
 @dataclass(frozen=True)
@@ -589,9 +587,8 @@ class ClipDataset(_Seeded, Dataset):
         if self.augment and self._rng(index).random() < 0.5:
             frames, frames256 = frames[:, :, ::-1], frames256[:, :, ::-1]
             lms = np.stack([mirror_landmarks(lm, self.size) for lm in lms])
-        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # noqa: E731
         return ClipSample(
-            frames=to_t(frames), frames_256=to_t(frames256), landmarks=torch.from_numpy(lms),
+            frames=to_tensor(frames), frames_256=to_tensor(frames256), landmarks=torch.from_numpy(lms),
             valid=torch.from_numpy(valid), clip_id=self.data.manifest.clips[i].id, start=start,
         )
 
@@ -827,7 +824,7 @@ class SyntheticMotionDataset(_Seeded, Dataset):
                 still, still, landmarks, moved, rng=rng, jitter=self.jitter, identity=name,
                 clip_id=f"synthetic/{name}", prior_grid=grid, prior_is_exact=True, driving_tensor=rendered,
             )
-        rendered_u8 = ((rendered.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        rendered_u8 = to_uint8(rendered[None])[0]
         return make_pair(
             rendered_u8, still, moved, landmarks, rng=rng, jitter=self.jitter, prior_grid_size=None,
             identity=name, clip_id=f"synthetic/{name}", prior_is_exact=False,

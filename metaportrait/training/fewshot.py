@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metaportrait.config import ConfigChecks, rename_keys
 from metaportrait.models.fewshot import (
     Embedder,
     EmbedderConfig,
@@ -62,6 +63,7 @@ from metaportrait.models.fewshot import (
     ProjectionDiscriminator,
     ProjectionDiscriminatorConfig,
 )
+from metaportrait.tensors import to_tensor
 from metaportrait.training.checkpoint import complete_checkpoints, load_checkpoint, rotate_checkpoints, save_checkpoint
 from metaportrait.training.losses import (
     PerceptualLoss,
@@ -119,14 +121,18 @@ class FewShotLossWeights:
             raise ValueError("at least one content-loss weight (vgg19, vggface, pixel) must be > 0")
 
 
+# Field names before the training configs shared the diffusers-script names ({old: new}).
+RENAMED_KEYS = {"keep_checkpoints": "checkpoints_total_limit"}
+
+
 @dataclass(frozen=True)
-class FewShotTrainConfig:
+class FewShotTrainConfig(ConfigChecks):
     """Meta-learning run settings; load with :meth:`from_json` (``configs/fewshot_*.json``).
 
     ``preset`` picks the E/G/D presets (``paper`` 256², ``demo`` 128², ``tiny`` 64²); frames are
     resized to that resolution. ``frames_per_episode`` is K (8 in the paper). ``checkpoint_every``
     steps a checkpoint (safetensors + JSON) is written to ``output_dir/checkpoints/step_<8-digit step>`` (the last
-    ``keep_checkpoints`` are kept); at the end E, G, D go to ``output_dir/{embedder,generator,
+    ``checkpoints_total_limit`` are kept); at the end E, G, D go to ``output_dir/{embedder,generator,
     discriminator}`` with ``save_pretrained``.
     """
 
@@ -142,7 +148,7 @@ class FewShotTrainConfig:
     d_steps_per_g_step: int = 2
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
+    checkpoints_total_limit: int = 3
     log_every: int = 10
     seed: int = 0
     num_workers: int = 0
@@ -160,12 +166,9 @@ class FewShotTrainConfig:
             allowed = typing.get_args(typing.get_type_hints(FewShotTrainConfig)[lit])
             if getattr(self, lit) not in allowed:
                 raise ValueError(f"{lit} must be one of {allowed}, got {getattr(self, lit)!r}")
-        for name in ("frames_per_episode", "batch_size", "steps", "d_steps_per_g_step", "checkpoint_every",
-                     "keep_checkpoints", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        self.check_positive_ints("frames_per_episode", "batch_size", "steps", "d_steps_per_g_step", "checkpoint_every",
+                                 "checkpoints_total_limit", "log_every")
+        self.check_non_negative_ints("num_workers")
         for name in ("lr_embedder_generator", "lr_discriminator"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -180,6 +183,8 @@ class FewShotTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FewShotTrainConfig:
+        """``keep_checkpoints`` (the older name) is read as ``checkpoints_total_limit``."""
+        data = rename_keys(data, RENAMED_KEYS, "FewShotTrainConfig")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names - {"_comment"})
         if unknown:
@@ -276,12 +281,6 @@ class _Clip:
     frames: np.ndarray  # usable frame indices (valid and before heldout_frames_from)
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``N×H×W×3`` uint8 -> ``N×3×H×W`` float in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return t / 127.5 - 1.0
-
-
 class FewShotVideoData:
     """The training videos of a prepared-data folder (docs/DATA_FORMAT.md), read with memory maps.
 
@@ -343,14 +342,14 @@ class FewShotVideoData:
         frames, landmarks = self._open(i)
         idx = np.asarray(indices, dtype=np.int64)
         src = frames.shape[1]
-        x = _to_tensor(np.asarray(frames[idx]))
+        x = to_tensor(np.asarray(frames[idx]))
         s = self.image_size
         if src != s:
             x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
         from metaportrait.face.drawing import draw_landmark_image
 
         pts = np.asarray(landmarks[idx], dtype=np.float32) * (s / src)
-        y = _to_tensor(np.stack([draw_landmark_image(p, s) for p in pts]))
+        y = to_tensor(np.stack([draw_landmark_image(p, s) for p in pts]))
         return x, y
 
 
@@ -537,7 +536,7 @@ def train_fewshot(config: FewShotTrainConfig, *, resume: str | Path | None = Non
         if step % config.log_every == 0 or step == config.steps:
             accelerator.log(scalars, step=step)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_checkpoint(accelerator, parts, output_dir, step, config.keep_checkpoints)
+            _save_checkpoint(accelerator, parts, output_dir, step, config.checkpoints_total_limit)
     seconds = (time.perf_counter() - t_start) / max(1, len(history))
 
     accelerator.wait_for_everyone()

@@ -23,12 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metaportrait.config import ConfigChecks, rename_keys
 from metaportrait.errors import CheckpointError
 from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint, truncate_log
 
 
+# Field names before the training configs shared the diffusers-script names ({old: new}).
+RENAMED_KEYS = {"keep_checkpoints": "checkpoints_total_limit"}
+
+
 @dataclass(frozen=True)
-class MetaTrainConfig:
+class MetaTrainConfig(ConfigChecks):
     data_dir: str
     output_dir: str
     init_from: str  # base generator folder or pipeline folder
@@ -42,19 +47,18 @@ class MetaTrainConfig:
     objective: dict = field(default_factory=dict)  # ObjectiveConfig fields (no adversarial term)
     min_source_side: float = 0  # only people filmed at >= this many source pixels (see BaseTrainConfig)
     checkpoint_every: int = 100
-    keep_checkpoints: int = 2
+    checkpoints_total_limit: int = 2
     log_every: int = 10
     seed: int = 0
     max_seconds: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("outer_steps", "tasks_per_step", "inner_steps", "frames_per_identity", "inner_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.check_positive_ints("outer_steps", "tasks_per_step", "inner_steps", "frames_per_identity", "inner_batch_size")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> MetaTrainConfig:
-        data = json.loads(Path(path).read_text())
+        """Read a JSON recipe; ``keep_checkpoints`` (the older name) is read as ``checkpoints_total_limit``."""
+        data = rename_keys(json.loads(Path(path).read_text()), RENAMED_KEYS, str(path))
         data.update({k: v for k, v in overrides.items() if v is not None})
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
@@ -142,7 +146,7 @@ def meta_train(config: MetaTrainConfig) -> Path:
                   f"{np.mean(result.last_losses):.4f} ({seconds / step:.1f} s/step)")
         budget_hit = config.max_seconds is not None and seconds >= config.max_seconds
         if step % config.checkpoint_every == 0 or step == config.outer_steps or budget_hit:
-            _save_checkpoint(ckpt_dir, step, seconds, generator, reptile, config.keep_checkpoints)
+            _save_checkpoint(ckpt_dir, step, seconds, generator, reptile, config.checkpoints_total_limit)
         if budget_hit:
             print(f"wall-clock budget of {config.max_seconds:.0f}s reached at outer step {step}")
             break

@@ -55,6 +55,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from metaportrait.config import ConfigChecks
+
 __all__ = [
     "AdaptResult",
     "LossFn",
@@ -71,7 +73,7 @@ LossFn = Callable[[nn.Module, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class ReptileConfig:
+class ReptileConfig(ConfigChecks):
     """Hyper-parameters of Reptile (MetaPortrait Algorithm 1; defaults are the paper's / official).
 
     inner_steps: K, inner optimisation steps per task (paper 24).
@@ -81,7 +83,7 @@ class ReptileConfig:
     inner_optimizer / outer_optimizer: ``"adam"`` (paper/official) or ``"sgd"`` (plain SGD; outer SGD
         with ``outer_lr = eps`` is the original Reptile interpolation ``phi += eps (phi_K - phi)``).
     inner_betas / outer_betas: Adam betas (default: the official base-training betas (0.5, 0.999)).
-    grad_clip: max global norm of each *inner* gradient (None: no clipping). The outer "gradient"
+    max_grad_norm: max global norm of each *inner* gradient (None: no clipping). The outer "gradient"
         (phi - phi_K) is never clipped: it is a displacement, not a gradient.
     buffers: ``"average"`` or ``"keep"`` (see module docstring).
     seed: seed of the generator handed to the task sampler in :meth:`Reptile.fit`.
@@ -95,7 +97,7 @@ class ReptileConfig:
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     inner_betas: tuple[float, float] = (0.5, 0.999)
     outer_betas: tuple[float, float] = (0.5, 0.999)
-    grad_clip: float | None = None
+    max_grad_norm: float | None = None
     buffers: Literal["average", "keep"] = "average"
     seed: int = 0
 
@@ -107,10 +109,7 @@ class ReptileConfig:
         self.validate()
 
     def validate(self) -> None:
-        if int(self.inner_steps) != self.inner_steps or self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be a positive integer, got {self.inner_steps!r}")
-        if int(self.tasks_per_step) != self.tasks_per_step or self.tasks_per_step < 1:
-            raise ValueError(f"tasks_per_step must be a positive integer, got {self.tasks_per_step!r}")
+        self.check_positive_ints("inner_steps", "tasks_per_step")
         for name in ("inner_lr", "outer_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -122,8 +121,8 @@ class ReptileConfig:
             value = getattr(self, name)
             if len(value) != 2 or not all(0.0 <= b < 1.0 for b in value):
                 raise ValueError(f"{name} must be two numbers in [0, 1), got {value!r}")
-        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be None or a positive number, got {self.grad_clip!r}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be None or a positive number, got {self.max_grad_norm!r}")
         if self.buffers not in ("average", "keep"):
             raise ValueError(f"buffers must be 'average' or 'keep', got {self.buffers!r}")
 
@@ -242,21 +241,21 @@ def _optimisation_step(
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     params: list[nn.Parameter],
-    grad_clip: float | None,
+    max_grad_norm: float | None,
     scaler: torch.amp.GradScaler | None,
 ) -> None:
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
-        if grad_clip is not None:
+        if max_grad_norm is not None:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
 
 
@@ -322,7 +321,7 @@ class Reptile:
             with _autocast(self.accelerator):
                 loss = _check_loss(loss_fn(scratch, k), f"task {index}, inner step {k}")
             losses.append(float(loss.detach().float().item()))
-            _optimisation_step(loss, inner_opt, params, cfg.grad_clip, scaler)
+            _optimisation_step(loss, inner_opt, params, cfg.max_grad_norm, scaler)
         for p in params:
             p.grad = None
         return scratch, losses
@@ -451,7 +450,7 @@ def adapt(
     *,
     optimizer: Literal["adam", "sgd"] = "adam",
     betas: tuple[float, float] = (0.5, 0.999),
-    grad_clip: float | None = None,
+    max_grad_norm: float | None = None,
     accelerator: Any | None = None,
 ) -> AdaptResult:
     """Fine-tune ``model`` in place (personalization, paper Sec. 4.4) within a step and/or time budget.
@@ -490,7 +489,7 @@ def adapt(
         with _autocast(accelerator):
             loss = _check_loss(loss_fn(model, step), f"adapt step {step}")
         value = float(loss.detach().float().item())
-        _optimisation_step(loss, opt, param_list, grad_clip, scaler)
+        _optimisation_step(loss, opt, param_list, max_grad_norm, scaler)
         elapsed = time.perf_counter() - start
         losses.append(value)
         times.append(elapsed)

@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from metaportrait.config import ConfigChecks, rename_keys
 from metaportrait.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -43,8 +44,19 @@ from metaportrait.training.checkpoint import (
 logger = logging.getLogger("metaportrait.train_base")
 
 
+# Field names before the training configs shared the diffusers-script names ({old: new}); config
+# files that use them still load.
+RENAMED_KEYS = {
+    "lr": "learning_rate",
+    "betas": "adam_betas",
+    "grad_clip": "max_grad_norm",
+    "warmup_steps": "lr_warmup_steps",
+    "keep_checkpoints": "checkpoints_total_limit",
+}
+
+
 @dataclass(frozen=True)
-class BaseTrainConfig:
+class BaseTrainConfig(ConfigChecks):
     """A training recipe; ``configs/base_paper.json`` and ``configs/base_demo.json`` are two."""
 
     data_dir: str
@@ -55,8 +67,8 @@ class BaseTrainConfig:
     full_steps: int = 200_000
     batch_size: int = 48
     grad_accum: int = 1
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    learning_rate: float = 2e-4
+    adam_betas: tuple[float, float] = (0.5, 0.999)
     joint_warp_lr_scale: float = 0.1
     # generator sub-modules kept at their initial (or init_from) weights, e.g. ["warping"], or
     # ["refinement.head"] to train only the blend weights of a blend model (tried: it blurred more and
@@ -69,10 +81,10 @@ class BaseTrainConfig:
     # meta-learning train the head again, for one person
     zero_at_export: tuple[str, ...] = ()
     disc_lr: float = 2e-4
-    grad_clip: float = 1.0
+    max_grad_norm: float = 1.0  # 0: no clipping
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     lr_scheduler: str = "constant_with_warmup"
-    warmup_steps: int = 500
+    lr_warmup_steps: int = 500
     ema_decay: float = 0.999
     weights: dict = field(default_factory=dict)  # overrides of LossWeights fields
     pixel_l1: float = 0.0  # extra plain L1 on the output (not in the paper; helps PSNR/SSIM on small data)
@@ -87,7 +99,7 @@ class BaseTrainConfig:
     synthetic_stills: tuple[str, ...] = ()
     synthetic_fraction: float = 0.0
     checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
+    checkpoints_total_limit: int = 2
     log_every: int = 20
     image_every: int = 500
     seed: int = 0
@@ -95,8 +107,8 @@ class BaseTrainConfig:
     push_to_hub: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.betas, list):
-            object.__setattr__(self, "betas", tuple(self.betas))
+        if isinstance(self.adam_betas, list):
+            object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         if isinstance(self.perceptual_pyramid, list):
             object.__setattr__(self, "perceptual_pyramid", tuple(self.perceptual_pyramid))
         if isinstance(self.synthetic_stills, list):
@@ -108,8 +120,7 @@ class BaseTrainConfig:
             raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
         if self.warp_steps < 0 or self.full_steps < 0 or self.warp_steps + self.full_steps == 0:
             raise ValueError(f"need warp_steps + full_steps > 0, got {self.warp_steps} + {self.full_steps}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
+        self.check_positive_ints("batch_size", "grad_accum")
         if not 0.0 <= self.synthetic_fraction <= 1.0:
             raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
 
@@ -122,7 +133,8 @@ class BaseTrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> BaseTrainConfig:
-        data = json.loads(Path(path).read_text())
+        """Read a JSON recipe; keys of the older names (:data:`RENAMED_KEYS`) are read as the new ones."""
+        data = rename_keys(json.loads(Path(path).read_text()), RENAMED_KEYS, str(path))
         data.update({k: v for k, v in overrides.items() if v is not None})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -195,7 +207,7 @@ def train(config: BaseTrainConfig) -> Path:
     out = Path(config.output_dir)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=config.grad_accum,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
@@ -234,15 +246,15 @@ def train(config: BaseTrainConfig) -> Path:
     warp_params = [p for p in generator.warping.parameters() if p.requires_grad]
     refine_params = [p for p in generator.refinement.parameters() if p.requires_grad]
     opt_g = torch.optim.Adam(
-        [{"params": warp_params, "lr": config.lr, "name": "warping"},
-         {"params": refine_params, "lr": config.lr, "name": "refinement"}],
-        lr=config.lr, betas=config.betas,
+        [{"params": warp_params, "lr": config.learning_rate, "name": "warping"},
+         {"params": refine_params, "lr": config.learning_rate, "name": "refinement"}],
+        lr=config.learning_rate, betas=config.adam_betas,
     )
-    sched_g = get_scheduler(config.lr_scheduler, opt_g, num_warmup_steps=config.warmup_steps,
+    sched_g = get_scheduler(config.lr_scheduler, opt_g, num_warmup_steps=config.lr_warmup_steps,
                             num_training_steps=config.total_steps)
     modules = [generator, opt_g, sched_g]
     if disc is not None:
-        opt_d = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.betas)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=config.disc_lr, betas=config.adam_betas)
         modules += [disc, opt_d]
     prepared = accelerator.prepare(*modules)
     generator, opt_g, sched_g = prepared[:3]
@@ -276,22 +288,28 @@ def train(config: BaseTrainConfig) -> Path:
         stage = config.stage_at(state.step)
         generator.train()
         logs: dict[str, float] = {}
+        # One optimiser step per ``grad_accum`` micro-batches, as in the diffusers training scripts:
+        # accelerator.backward divides each loss by grad_accum, and under DDP only the last
+        # micro-batch all-reduces its gradients. The optimiser step below comes after the last
+        # micro-batch, where accelerator.sync_gradients is True.
         for micro in range(config.grad_accum):
             batch = source.batch(state.step, micro).to(device)
-            with accelerator.autocast():
-                result = objective(generator, batch, stage=stage, discriminator=disc)
-            loss, out_g = result.loss, result.output
-            if not torch.isfinite(loss):
-                break
-            accelerator.backward(loss / config.grad_accum)
+            with accelerator.accumulate(generator):
+                with accelerator.autocast():
+                    result = objective(generator, batch, stage=stage, discriminator=disc)
+                loss, out_g = result.loss, result.output
+                if not torch.isfinite(loss):
+                    break
+                accelerator.backward(loss)
         if not torch.isfinite(loss):
             state.skipped_nonfinite += 1
             opt_g.zero_grad(set_to_none=True)
+            accelerator.step = 0  # the next step's micro-batches count from the first again
             accelerator.print(f"step {state.step}: non-finite loss, step skipped ({state.skipped_nonfinite} so far)")
             state.step += 1
             continue
-        if config.grad_clip > 0:
-            accelerator.clip_grad_norm_(generator.parameters(), config.grad_clip)
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(generator.parameters(), config.max_grad_norm)
         for group, lr in zip(opt_g.param_groups, sched_g.get_last_lr()):
             group["lr"] = lr * _stage_lr_scale(group["name"], stage, config.joint_warp_lr_scale)
         opt_g.step()
@@ -305,9 +323,11 @@ def train(config: BaseTrainConfig) -> Path:
                 d_out_real = disc(batch.driving, batch.driving_landmark_image)
                 d_loss = discriminator_loss(d_out_real.logits, d_out_fake.logits, kind="lsgan")
             if torch.isfinite(d_loss):
-                accelerator.backward(d_loss)
-                if config.grad_clip > 0:
-                    accelerator.clip_grad_norm_(disc.parameters(), config.grad_clip)
+                # one discriminator step per generator step on the last micro-batch: undo the
+                # division by grad_accum that accelerator.backward applies to every loss
+                accelerator.backward(d_loss * config.grad_accum if config.grad_accum > 1 else d_loss)
+                if config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(disc.parameters(), config.max_grad_norm)
                 opt_d.step()
             opt_d.zero_grad(set_to_none=True)
             logs["loss/discriminator"] = float(d_loss.detach())
@@ -328,7 +348,7 @@ def train(config: BaseTrainConfig) -> Path:
             _log_images(accelerator, batch, out_g, state.step)
         budget_hit = config.max_seconds is not None and state.seconds >= config.max_seconds
         if state.step % config.checkpoint_every == 0 or state.step == config.total_steps or budget_hit:
-            _checkpoint(accelerator, ckpt, state, ckpt_dir, config.keep_checkpoints)
+            _checkpoint(accelerator, ckpt, state, ckpt_dir, config.checkpoints_total_limit)
         if budget_hit:
             accelerator.print(f"wall-clock budget of {config.max_seconds:.0f}s reached at step {state.step}")
             break

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metaportrait.models.hub import ModelConfig
 from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+from metaportrait.tensors import to_tensor
 from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint
 from metaportrait.training.degradations import DegradationConfig, degrade_clip
 from metaportrait.training.prepare import crop_source_side
@@ -99,13 +100,10 @@ class SRTrainConfig(ModelConfig):
     def validate(self) -> None:
         if not isinstance(self.model, TemporalSRConfig):
             raise ValueError(f"model must be a TemporalSRConfig (or its dict), got {type(self.model).__name__}")
-        for name in ("clip_length", "batch_size", "num_steps", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.check_positive_ints("clip_length", "batch_size", "num_steps", "checkpoint_every", "log_every")
         if self.min_source_side < 0:
             raise ValueError(f"min_source_side must be >= 0, got {self.min_source_side}")
-        if self.num_workers < 0 or self.lr_warmup_steps < 0:
-            raise ValueError(f"num_workers and lr_warmup_steps must be >= 0, got {self.num_workers}, {self.lr_warmup_steps}")
+        self.check_non_negative_ints("num_workers", "lr_warmup_steps")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.lr_scheduler not in _SCHEDULERS:
@@ -118,8 +116,8 @@ class SRTrainConfig(ModelConfig):
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.l1_weight < 0 or self.perceptual_weight < 0 or self.l1_weight + self.perceptual_weight == 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0, got {self.l1_weight}, {self.perceptual_weight}")
-        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
-            raise ValueError(f"checkpoints_total_limit must be >= 1 or null, got {self.checkpoints_total_limit}")
+        if self.checkpoints_total_limit is not None:
+            self.check_positive_ints("checkpoints_total_limit")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "SRTrainConfig":
@@ -206,10 +204,6 @@ class SRClipDataset(Dataset):
         if self.hflip and rng.random() < 0.5:
             hr = np.ascontiguousarray(hr[:, :, ::-1])
         lr = degrade_clip(hr, self.degradation, self.lr_size, rng)
-
-        def to_tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
         return {"lr": to_tensor(lr), "hr": to_tensor(hr)}
 
 

@@ -47,8 +47,7 @@ class ProjectionDiscriminatorConfig(ModelConfig):
 
     def validate(self) -> None:
         check_downsampling_layout("ProjectionDiscriminatorConfig", self.image_size, self.channels, self.attention_resolution)
-        if self.num_videos < 1:
-            raise ValueError(f"ProjectionDiscriminatorConfig: num_videos must be >= 1, got {self.num_videos}")
+        self.check_positive_ints("num_videos")
 
     @property
     def embed_dim(self) -> int:

@@ -65,8 +65,7 @@ class FewShotGeneratorConfig(ModelConfig):
         s = self.image_size
         if s < 8 or s & (s - 1):
             raise ValueError(f"FewShotGeneratorConfig: image_size must be a power of two >= 8, got {s}")
-        if self.embed_dim <= 0:
-            raise ValueError(f"FewShotGeneratorConfig: embed_dim must be positive, got {self.embed_dim}")
+        self.check_positive_ints("embed_dim")
         for name in ("down_channels", "up_channels"):
             ch = getattr(self, name)
             if not ch or any(c <= 0 for c in ch):
@@ -79,8 +78,7 @@ class FewShotGeneratorConfig(ModelConfig):
         bottom = s >> len(self.down_channels)
         if bottom < 2:
             raise ValueError(f"FewShotGeneratorConfig: {len(self.down_channels)} down blocks leave {bottom}px at {s}²")
-        if self.bottleneck_blocks < 0:
-            raise ValueError(f"FewShotGeneratorConfig: bottleneck_blocks must be >= 0, got {self.bottleneck_blocks}")
+        self.check_non_negative_ints("bottleneck_blocks")
         down_res = [s >> (i + 1) for i in range(len(self.down_channels))]
         up_res = [bottom << (i + 1) for i in range(len(self.up_channels))]
         if self.attention_down_resolution not in down_res:
