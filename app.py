@@ -83,11 +83,13 @@ def _personal_folder(use_personal: bool, session_folder: str | None, upload: str
 @gpu
 def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool, use_personal: bool = False,
             personal_zip: str | None = None, face: str = "largest", parts: list[str] | None = None,
-            hold_eyes_open: bool = False, smile: float = 0.0, session_folder: str | None = None,
-            progress: gr.Progress = gr.Progress()) -> str:
-    """Animate the source photo with the driving video; returns the path of an H.264 mp4."""
+            hold_eyes_open: bool = False, smile: float = 0.0, source_video: str | None = None,
+            session_folder: str | None = None, progress: gr.Progress = gr.Progress()) -> str:
+    """Animate the source photo (or dub a source video) with the driving video; returns an H.264 mp4."""
+    if source_video:
+        source = source_video  # dubbing: the video keeps its head motion, its face takes the driver's mouth
     if not source:
-        raise gr.Error("Please upload a source portrait photo.")
+        raise gr.Error("Please upload a source portrait photo (or a source video to dub).")
     if not driving:
         raise gr.Error("Please upload a driving video.")
     personal = _personal_folder(use_personal, session_folder, personal_zip)
@@ -378,6 +380,10 @@ def build_demo() -> gr.Blocks:
                     face = gr.Dropdown(["largest"], value="largest", label="Face to animate", visible=False,
                                        allow_custom_value=True, elem_id="face-choice",
                                        info="a number from the boxes above, or all of them")
+                    with gr.Accordion("…or dub a video instead of a photo", open=False):
+                        source_video = gr.Video(label="Source video (keeps its head motion and background; "
+                                                      "its mouth follows the driver)", sources=["upload"],
+                                                elem_id="source-video")
                     driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"],
                                        elem_id="driving-video")
                     mode = gr.Radio(
@@ -413,8 +419,9 @@ def build_demo() -> gr.Blocks:
             )
             driving.upload(playable, inputs=driving, outputs=driving, api_visibility="private")
             source.change(faces_preview, inputs=source, outputs=[faces_box, face], api_visibility="private")
+            source_video.upload(playable, inputs=source_video, outputs=source_video, api_visibility="private")
             run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, face, parts,
-                                       hold_eyes, smile, adapter_state],
+                                       hold_eyes, smile, source_video, adapter_state],
                       outputs=result, api_name="reenact", concurrency_limit=CONCURRENCY)
         with gr.Tab("Personalize", id="personalize"):
             gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "

@@ -594,7 +594,9 @@ class MetaPortraitPipeline:
                                                                        pose_scale=1.0))
                 t1 = time.perf_counter()
                 grids, residuals = self.motion(src, [target], options.full_head)
-                stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t1
+                spent = time.perf_counter() - t1
+                stats["generation"] = stats.get("generation", 0.0) + spent
+                t0 += spent  # "render" below counts the rest: rings, triangulation, sampling, label
                 out = render_into_photo(frame, crop, grids[0], None if residuals is None else residuals[0])
             if options.visible_label:
                 out = add_visible_label(out)

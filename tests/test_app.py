@@ -397,3 +397,26 @@ def test_browser_two_faces_numbered_and_animated(server, tmp_path, astronaut, mo
     with av.open(str(result["video"] if isinstance(result, dict) else result)) as c:
         frame = next(c.decode(video=0))
     assert (frame.width, frame.height) == (512 + ml.shape[1] + (ml.shape[1] % 2), 512)
+
+
+def test_gradio_client_dubs_a_source_video(server, tmp_path):
+    """/reenact with a source video instead of a photo: the output has the source video's size."""
+    import av
+    from gradio_client import Client, handle_file
+
+    from metaportrait.video import VideoWriter, iter_frames
+
+    def clip(src, n, path):
+        with VideoWriter(path, fps=25) as w:
+            for f in iter_frames(src, max_frames=n):
+                w.write(f)
+        return path
+
+    source = clip(REPO / "examples" / "driving_webcam.mp4", 10, tmp_path / "source.mp4")
+    driver = clip(REPO / "examples" / "driving_speech.mp4", 10, tmp_path / "driver.mp4")
+    result = Client(server, verbose=False).predict(None, handle_file(str(driver)), "relative", False, False, None,
+                                                   "largest", ["all"], False, 0.0, handle_file(str(source)),
+                                                   api_name="/reenact")
+    with av.open(str(result["video"] if isinstance(result, dict) else result)) as c:
+        frames = [f for f in c.decode(video=0)]
+    assert len(frames) == 10 and (frames[0].width, frames[0].height) == (400, 300)
