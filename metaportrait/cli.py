@@ -171,6 +171,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "upscale": ("metaportrait.superres", "upscale a 256² face video to 512² (temporal super-resolution)"),
     "train-fewshot": ("metaportrait.training.fewshot", "meta-learn the few-shot model of Zakharov et al. 2019"),
     "reenact-fewshot": ("metaportrait.fewshot_pipeline", "reenact a few-shot personalized model with a driving video"),
+    "live": ("metaportrait.live", "animate a photo with a camera (or a video file standing in for one)"),
 }
 
 

@@ -210,6 +210,115 @@ class ReenactResult:
         return self.num_frames / total if total > 0 else float("nan")
 
 
+class LandmarkTracker:
+    """Per-frame dense landmarks of one face in a crop box fixed on the first frame with a face,
+    One-Euro smoothed with per-region cutoffs (eyelids and irises fastest, so blinks survive).
+
+    Every frame is detected afresh: MediaPipe's tracking mode re-crops each frame around the last
+    landmarks, which drifts by a pixel or two even on a still face (27-31 dB on 4 copies of one
+    photo, against 56 dB detected afresh); the One-Euro filter handles the jitter instead.
+    """
+
+    def __init__(self, size: int, options: ReenactOptions) -> None:
+        self.size = size
+        self.options = options
+        self.crop: CropTransform | None = None
+        cutoff = np.full((478, 1), options.smoothing_min_cutoff)
+        cutoff[list(MOUTH_OUTER) + list(MOUTH_INNER)] = options.mouth_min_cutoff
+        cutoff[_EYE_POINTS] = options.eye_min_cutoff
+        self.filter = OneEuroFilter(min_cutoff=cutoff, beta=options.smoothing_beta * 256.0 / size)
+        self.last: np.ndarray | None = None
+        self.analyzer = FaceAnalyzer(static_image_mode=True, max_faces=1)
+
+    def update(self, frame: np.ndarray, t: float) -> np.ndarray | None:
+        """Landmarks (crop pixels) of ``frame`` taken at ``t`` seconds; the last ones when this frame
+        has no face; None before the first face."""
+        dets = self.analyzer.detect(frame)
+        if not dets:
+            return self.last  # hold the last pose through a missed detection
+        if self.crop is None:
+            self.crop = CropTransform.from_landmarks(dets[0].landmarks, size=self.size)
+        lm = self.crop.points_to_crop(dets[0].landmarks).astype(np.float32)
+        if self.options.smooth_landmarks:
+            lm = self.filter(lm, t).astype(np.float32)
+        self.last = lm
+        return lm
+
+    def reset(self) -> None:
+        """Forget the crop box and the smoothing state (a new person in front of the camera)."""
+        self.crop, self.last = None, None
+        self.filter.reset()
+
+    def close(self) -> None:
+        self.analyzer.close()
+
+    def __enter__(self) -> LandmarkTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LiveSession:
+    """Live reenactment, one camera frame in, one output frame out (``pipe.live(source)``).
+
+    The first frame with a face (or the next one after :meth:`calibrate`) is the driver's reference
+    (neutral) pose; motion parts, scales and retargeting of ``options`` apply per frame. Timestamps
+    passed to ``__call__`` drive the smoothing; a caller that falls behind should drop stale camera
+    frames rather than queue them (``metaportrait live`` does), so latency stays flat.
+    """
+
+    def __init__(self, pipe: MetaPortraitPipeline, source: SourceFace, options: ReenactOptions) -> None:
+        self.pipe, self.source, self.options = pipe, source, options
+        self.tracker = LandmarkTracker(pipe.size, options)
+        self.reference: np.ndarray | None = None
+        self.size = output_size(source.crop, options.size, pipe.size)
+        self.frames = 0
+        self.seconds = 0.0
+        self._t0 = time.perf_counter()
+
+    def calibrate(self) -> None:
+        """The next frame with a face becomes the reference (neutral) pose of the driver."""
+        self.reference = None
+
+    def __call__(self, frame: np.ndarray, t: float | None = None) -> np.ndarray:
+        start = time.perf_counter()
+        t = start - self._t0 if t is None else t
+        lm = self.tracker.update(frame, t)
+        if lm is None:
+            out = self.source.image if self.options.paste_back else self.source.face_at(self.size)
+        else:
+            if self.reference is None:
+                self.reference = lm
+            target = transfer_landmarks(self.source.landmarks, lm, self.reference, mode=self.options.mode,
+                                        neutral_mouth=self.options.neutral_mouth)
+            target = self.pipe.control(self.source, target, self.options)
+            grids, residuals = self.pipe.motion(self.source, [target], self.options.full_head)
+            res = None if residuals is None else residuals[0]
+            if self.options.paste_back:
+                out = render_into_photo(self.source.image, self.source.crop, grids[0], res)
+            else:
+                out = render_crop(self.source.face_at(self.size), grids[0], res)
+        if self.options.visible_label:
+            out = add_visible_label(out)
+        self.frames += 1
+        self.seconds += time.perf_counter() - start
+        return out
+
+    @property
+    def ms_per_frame(self) -> float:
+        return 1000.0 * self.seconds / max(self.frames, 1)
+
+    def close(self) -> None:
+        self.tracker.close()
+
+    def __enter__(self) -> LiveSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class MetaPortraitPipeline:
     """Reenact a portrait photo with the motion of a driving video.
 
@@ -343,32 +452,16 @@ class MetaPortraitPipeline:
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None, CropTransform | None]]:
         """Yield (frame, smoothed landmarks in the crop or None, the crop) per frame; the crop box is
         fixed on the first frame with a face (as the paper crops its videos)."""
-        crop: CropTransform | None = None
-        beta = options.smoothing_beta * 256.0 / self.size
-        cutoff = np.full((478, 1), options.smoothing_min_cutoff)
-        cutoff[list(MOUTH_OUTER) + list(MOUTH_INNER)] = options.mouth_min_cutoff
-        cutoff[_EYE_POINTS] = options.eye_min_cutoff
-        filt = OneEuroFilter(min_cutoff=cutoff, beta=beta)
-        last: np.ndarray | None = None
-        # every frame is detected afresh: MediaPipe's tracking mode re-crops each frame around the last
-        # landmarks, which drifts by a pixel or two even on a still face (27-31 dB on 4 copies of one
-        # photo, against 56 dB detected afresh); the One-Euro filter handles the jitter instead
-        with FaceAnalyzer(static_image_mode=True, max_faces=1) as analyzer:
+        with LandmarkTracker(self.size, options) as tracker:
             for i, frame in enumerate(frames):
                 t0 = time.perf_counter()
-                dets = analyzer.detect(frame)
-                lm = None
-                if dets:
-                    if crop is None:
-                        crop = CropTransform.from_landmarks(dets[0].landmarks, size=self.size)
-                    lm = crop.points_to_crop(dets[0].landmarks).astype(np.float32)
-                    if options.smooth_landmarks:
-                        lm = filt(lm, i / fps).astype(np.float32)
-                    last = lm
-                elif last is not None:
-                    lm = last  # hold the last pose through a missed detection
+                lm = tracker.update(frame, i / fps)
                 stats["landmarks"] = stats.get("landmarks", 0.0) + time.perf_counter() - t0
-                yield frame, lm, crop
+                yield frame, lm, tracker.crop
+
+    def live(self, source: SourceFace, options: ReenactOptions = ReenactOptions()) -> LiveSession:
+        """A per-frame session for live use: ``session(camera_frame) -> output frame``."""
+        return LiveSession(self, source, options)
 
     # ------------------------------------------------------------------ generation
     def prior_grid(self, source: SourceFace, target: np.ndarray, full_head: bool = True) -> np.ndarray:
@@ -709,6 +802,8 @@ def is_video_path(source: object) -> bool:
 
 __all__ = [
     "EditOptions",
+    "LandmarkTracker",
+    "LiveSession",
     "MetaPortraitPipeline",
     "ReenactOptions",
     "ReenactResult",
