@@ -19,6 +19,7 @@ from collections import OrderedDict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 
 from metaportrait.errors import MetaPortraitError  # noqa: E402
 from metaportrait.io import InputLimits  # noqa: E402
@@ -362,6 +363,27 @@ def edit(photo: str | None, eyes: float = 0.5, lips: float = 0.3, smile: float =
         raise gr.Error(str(exc)) from exc
 
 
+def live_frame(frame, photo: str | None, state: dict | None):
+    """One webcam frame in, the animated photo out (a per-user live session kept in ``state``)."""
+    if frame is None or not photo:
+        return None, state, "Upload a photo, then start the webcam."
+    if state is None or state.get("photo") != photo:
+        if state is not None:
+            state["session"].close()
+        src = _edit_source(photo)
+        state = {"photo": photo, "session": get_pipeline(None).live(src, ReenactOptions(size=256))}
+    session = state["session"]
+    out = session(np.asarray(frame))
+    return out, state, f"{1000.0 / max(session.ms_per_frame, 1e-6):.1f} FPS on the server ({session.ms_per_frame:.0f} ms a frame)"
+
+
+def live_calibrate(state: dict | None):
+    """The next webcam frame becomes the neutral pose."""
+    if state is not None:
+        state["session"].calibrate()
+    return state
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="MetaPortrait") as demo:
         gr.Markdown(
@@ -485,6 +507,23 @@ def build_demo() -> gr.Blocks:
                               show_progress="hidden", api_name="edit" if first else None,
                               api_visibility="public" if first else "private")
                 first = False
+        with gr.Tab("Live", id="live"):
+            gr.Markdown("Animate a photo with your webcam. Look straight at the camera with a neutral face and press "
+                        "**Calibrate** (the first frame is used until you do).")
+            l_state = gr.State(None)
+            with gr.Row():
+                with gr.Column():
+                    l_photo = gr.Image(label="Portrait", type="filepath", sources=["upload", "clipboard"],
+                                       elem_id="live-photo", height=260)
+                    l_cam = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy",
+                                     elem_id="live-webcam")
+                    l_calibrate = gr.Button("Calibrate (neutral pose now)")
+                with gr.Column():
+                    l_out = gr.Image(label="Live result", interactive=False, elem_id="live-result")
+                    l_stats = gr.Markdown("", elem_id="live-stats")
+            l_cam.stream(live_frame, inputs=[l_cam, l_photo, l_state], outputs=[l_out, l_state, l_stats],
+                         stream_every=0.1, time_limit=600, concurrency_limit=CONCURRENCY, api_visibility="private")
+            l_calibrate.click(live_calibrate, inputs=l_state, outputs=l_state, api_visibility="private")
         with gr.Tab("512² SR", id="superres"):
             gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
                         "with a side-by-side comparison against bicubic upsampling. A video that is not a square "

@@ -420,3 +420,42 @@ def test_gradio_client_dubs_a_source_video(server, tmp_path):
     with av.open(str(result["video"] if isinstance(result, dict) else result)) as c:
         frames = [f for f in c.decode(video=0)]
     assert len(frames) == 10 and (frames[0].width, frames[0].height) == (400, 300)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+def test_browser_live_tab_with_a_fake_webcam(server, tmp_path):
+    """The Live tab: Chromium's fake camera plays a real talking clip; the animated photo streams back
+    with an FPS readout."""
+    import cv2
+    from playwright.sync_api import sync_playwright
+
+    from metaportrait.video import iter_frames
+
+    cam = tmp_path / "cam.y4m"
+    frames = list(iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=50))
+    h, w = frames[0].shape[:2]
+    with open(cam, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\n".encode())
+        for fr in frames:
+            f.write(b"FRAME\n" + cv2.cvtColor(fr, cv2.COLOR_RGB2YUV_I420).tobytes())
+    args = CHROMIUM_ARGS + ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                            f"--use-file-for-fake-video-capture={cam}"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000}, permissions=["camera"])
+        page = context.new_page()
+        page.goto(server, wait_until="domcontentloaded", timeout=120_000)
+        page.get_by_role("tab", name="Live").click()
+        page.locator("#live-photo input[type=file]").set_input_files(str(REPO / "examples" / "astronaut.jpg"))
+        page.get_by_text("Click to Access Webcam").click()
+        page.locator("#live-webcam").get_by_role("button", name="capture photo").click()
+        page.locator("#live-result img").wait_for(timeout=120_000)
+        page.wait_for_function("() => (document.querySelector('#live-stats') || {}).innerText?.includes('FPS')",
+                               timeout=120_000)
+        first = page.locator("#live-result img").get_attribute("src")
+        page.wait_for_function(
+            "(old) => { const i = document.querySelector('#live-result img'); return i && i.src !== old; }",
+            arg=first, timeout=60_000)  # frames keep coming
+        page.get_by_role("button", name="Calibrate (neutral pose now)").click()
+        browser.close()
