@@ -214,3 +214,28 @@ def test_irises_stay_between_closed_lids(open_mouth_landmarks):
         assert abs(fixed[iris, 1] - lid_y) < abs(lm[iris, 1] - lid_y) + 1e-6
         assert abs(fixed[iris, 1] - lid_y) < 1.0
     assert np.array_equal(fixed[:468], lm[:468].astype(np.float32))
+
+
+def test_geometry_only_shortcut_is_exact(pipe, big_source, driving_frames):
+    """The embedded weights' flow and residual heads are zero, so the pipeline skips the networks;
+    the output is bit-identical to running them. A model whose heads draw something is never skipped."""
+    import torch
+
+    from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+
+    assert pipe.geometry_only
+    frames = driving_frames[:4]
+    fast = list(pipe.animate(big_source, frames, ReenactOptions(visible_label=False, size=256)))
+    pipe.geometry_only = False
+    try:
+        slow = list(pipe.animate(big_source, frames, ReenactOptions(visible_label=False, size=256)))
+    finally:
+        pipe.geometry_only = True
+    for a, b in zip(fast, slow):
+        assert np.array_equal(a, b)
+    gen = MetaPortraitGenerator(generator_config("tiny-blend"))
+    assert gen.is_geometry_only()
+    with torch.no_grad():
+        gen.warping.flow_head.bias[0] = 1e-3
+    assert not gen.is_geometry_only()
+    assert not MetaPortraitGenerator(generator_config("tiny-direct")).is_geometry_only()

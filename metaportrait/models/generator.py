@@ -118,6 +118,21 @@ class MetaPortraitGenerator(HubModel, tags=["generator"]):
         self.warping = WarpingNetwork(cfg.warping)
         self.refinement = RefinementNetwork(cfg.refinement)
 
+    @torch.no_grad()
+    def is_geometry_only(self) -> bool:
+        """True when the networks provably add nothing to their geometric prior: the warping network
+        uses the mesh-warp prior and its flow head is exactly zero (so the grid *is* the prior), and
+        the refinement network's residual head is exactly zero or absent (blend/residual output). The
+        pipeline then skips the forward pass; its output is the same bit for bit."""
+        cfg: GeneratorConfig = self.config  # type: ignore[assignment]
+        if not cfg.warping.use_prior or cfg.refinement.output_mode not in ("residual", "blend"):
+            return False
+        head = self.warping.flow_head
+        if bool(head.weight.any()) or bool(head.bias.any()):
+            return False
+        res = self.refinement.head
+        return res is None or not (bool(res.weight.any()) or (res.bias is not None and bool(res.bias.any())))
+
     def forward(
         self,
         source: torch.Tensor,
