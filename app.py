@@ -363,16 +363,23 @@ def edit(photo: str | None, eyes: float = 0.5, lips: float = 0.3, smile: float =
         raise gr.Error(str(exc)) from exc
 
 
-def live_frame(frame, photo: str | None, state: dict | None):
+def live_frame(frame, photo: str | None, state: dict | None, parts: list[str] | None = None,
+               hold_eyes_open: bool = False, smile: float = 0.0):
     """One webcam frame in, the animated photo out (a per-user live session kept in ``state``)."""
     if frame is None or not photo:
         return None, state, "Upload a photo, then start the webcam."
+    try:
+        options = ReenactOptions(size=256, parts=tuple(parts or ["all"]), eyes=0.7 if hold_eyes_open else None,
+                                 smile=float(smile))
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
     if state is None or state.get("photo") != photo:
         if state is not None:
             state["session"].close()
         src = _edit_source(photo)
-        state = {"photo": photo, "session": get_pipeline(None).live(src, ReenactOptions(size=256))}
+        state = {"photo": photo, "session": get_pipeline(None).live(src, options)}
     session = state["session"]
+    session.set_controls(options)
     out = session(np.asarray(frame))
     return out, state, f"{1000.0 / max(session.ms_per_frame, 1e-6):.1f} FPS on the server ({session.ms_per_frame:.0f} ms a frame)"
 
@@ -518,10 +525,15 @@ def build_demo() -> gr.Blocks:
                     l_cam = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy",
                                      elem_id="live-webcam")
                     l_calibrate = gr.Button("Calibrate (neutral pose now)")
+                    l_parts = gr.CheckboxGroup(["all", "head", "expression", "eyes", "lips"], value=["all"],
+                                               label="Which motion to transfer")
+                    l_eyes = gr.Checkbox(label="Keep the eyes open", value=False)
+                    l_smile = gr.Slider(-1, 1, value=0, step=0.05, label="Add a smile")
                 with gr.Column():
                     l_out = gr.Image(label="Live result", interactive=False, elem_id="live-result")
                     l_stats = gr.Markdown("", elem_id="live-stats")
-            l_cam.stream(live_frame, inputs=[l_cam, l_photo, l_state], outputs=[l_out, l_state, l_stats],
+            l_cam.stream(live_frame, inputs=[l_cam, l_photo, l_state, l_parts, l_eyes, l_smile],
+                         outputs=[l_out, l_state, l_stats],
                          stream_every=0.1, time_limit=600, concurrency_limit=CONCURRENCY, api_visibility="private")
             l_calibrate.click(live_calibrate, inputs=l_state, outputs=l_state, api_visibility="private")
         with gr.Tab("512² SR", id="superres"):

@@ -281,6 +281,10 @@ class LiveSession:
         """The next frame with a face becomes the reference (neutral) pose of the driver."""
         self.reference = None
 
+    def set_controls(self, options: ReenactOptions) -> None:
+        """Change the motion parts, scales and retargeting mid-stream (the tracking state is kept)."""
+        self.options = options
+
     def __call__(self, frame: np.ndarray, t: float | None = None) -> np.ndarray:
         start = time.perf_counter()
         t = start - self._t0 if t is None else t
