@@ -71,6 +71,7 @@ from metaportrait.training.losses import (
     feature_matching_loss,
     generator_adversarial_loss,
 )
+from metaportrait.training.prepared import FORMAT, TRAIN, ClipInfo, PreparedData, frames_file
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ __all__ = [
     "main",
 ]
 
-PREPARED_FORMAT = "metaportrait-prepared-v1"
+PREPARED_FORMAT = FORMAT  # the prepared-data format read here (defined in training.prepared)
 CHECKPOINT_PREFIX = "step_"
 
 
@@ -279,6 +280,7 @@ class _Clip:
     id: str
     path: Path
     frames: np.ndarray  # usable frame indices (valid and before heldout_frames_from)
+    info: ClipInfo  # the manifest entry
 
 
 class FewShotVideoData:
@@ -292,28 +294,16 @@ class FewShotVideoData:
     def __init__(self, data_dir: str | Path, image_size: int) -> None:
         self.data_dir = Path(data_dir)
         self.image_size = int(image_size)
-        path = self.data_dir / "manifest.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no manifest.json in {self.data_dir} (run `metaportrait prepare-data` first)")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != PREPARED_FORMAT:
-            raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {PREPARED_FORMAT!r}")
+        self.prepared = PreparedData(self.data_dir)
         self.clips: list[_Clip] = []
         self.skipped: list[tuple[str, str]] = []
-        for rec in manifest.get("clips", []):
-            if rec.get("split", "train") != "train":
-                continue
-            clip_dir = self.data_dir / "clips" / rec["id"]
-            valid_path = clip_dir / "valid.npy"
-            n = int(np.load(clip_dir / "landmarks_256.npy", mmap_mode="r").shape[0])
-            valid = np.load(valid_path).astype(bool) if valid_path.is_file() else np.ones(n, bool)
-            end = rec.get("heldout_frames_from")
-            end = n if end is None or end <= 0 else min(int(end), n)
-            usable = np.flatnonzero(valid[:end])
+        for rec in self.prepared.clips_in(TRAIN):
+            n = int(self.prepared.landmarks(rec).shape[0])
+            usable = self.prepared.usable_frames(rec, TRAIN, num_frames=n)
             if usable.size < 2:
-                self.skipped.append((rec["id"], f"{usable.size} usable frames (need 2)"))
+                self.skipped.append((rec.id, f"{usable.size} usable frames (need 2)"))
                 continue
-            self.clips.append(_Clip(id=rec["id"], path=clip_dir, frames=usable))
+            self.clips.append(_Clip(id=rec.id, path=self.prepared.clip_dir(rec), frames=usable, info=rec))
         if not self.clips:
             raise ValueError(f"{self.data_dir}: no training clip with at least 2 usable frames")
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -330,10 +320,10 @@ class FewShotVideoData:
     def _open(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i not in self._arrays:
             clip = self.clips[i]
-            frames = np.load(clip.path / "frames_256.npy", mmap_mode="r")
-            landmarks = np.load(clip.path / "landmarks_256.npy", mmap_mode="r")
+            frames = self.prepared.frames(clip.info)
+            landmarks = self.prepared.landmarks(clip.info)
             if frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[1] != frames.shape[2]:
-                raise ValueError(f"{clip.path / 'frames_256.npy'}: expected N×S×S×3, got {frames.shape}")
+                raise ValueError(f"{clip.path / frames_file(256)}: expected N×S×S×3, got {frames.shape}")
             self._arrays[i] = (frames, landmarks)
         return self._arrays[i]
 
