@@ -34,6 +34,7 @@ import numpy as np
 from metaportrait.evaluation.metrics import psnr, ssim  # the package's one PSNR / SSIM, re-exported here
 from metaportrait.face import FaceAnalyzer, mesh_warp_image, transfer_landmarks
 from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE
+from metaportrait.training.prepared import HELDOUT_FRAMES, HELDOUT_IDENTITY, ClipInfo, PreparedData
 
 Method = Callable[["object", list[np.ndarray]], np.ndarray]
 
@@ -228,7 +229,7 @@ METHODS: dict[str, Callable] = {"no motion": no_motion, "mesh warp": mesh_warp,
 # ---------------------------------------------------------------------------- protocol
 @dataclass(frozen=True)
 class EvalSettings:
-    split: str = "heldout_identity"  # or "heldout_frames"
+    split: str = HELDOUT_IDENTITY  # or HELDOUT_FRAMES
     max_clips: int = 8
     frames_per_clip: int = 48
     frame_stride: int = 2
@@ -237,30 +238,22 @@ class EvalSettings:
     methods: tuple[str, ...] = ("no motion", "mesh warp", "mesh warp + blur", "head mesh warp", "model")
 
 
-def _load_manifest(data_dir: Path) -> dict:
-    return json.loads((data_dir / "manifest.json").read_text())
+def _clip_arrays(data: PreparedData, clip: ClipInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """256 frames and landmarks (read-only memory maps) and the valid mask of one clip."""
+    frames = data.frames(clip, 256)
+    return frames, data.landmarks(clip), data.valid(clip, num_frames=len(frames))
 
 
-def _clip_arrays(data_dir: Path, clip: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    base = data_dir / "clips" / clip["id"]
-    frames = np.load(base / "frames_256.npy", mmap_mode="r")
-    lms = np.load(base / "landmarks_256.npy", mmap_mode="r")
-    valid = np.load(base / "valid.npy") if (base / "valid.npy").exists() else np.ones(len(frames), bool)
-    return frames, lms, valid
-
-
-def _select_clips(manifest: dict, split: str) -> list[tuple[dict, int]]:
-    """(clip, first frame index) of the evaluation clips for a split."""
+def _select_clips(data: PreparedData, split: str) -> list[tuple[ClipInfo, int]]:
+    """(clip, first frame index) of the evaluation clips for a split (``heldout_identity`` or
+    ``heldout_frames``; the latter only where at least 3 held-out frames remain)."""
+    if split not in (HELDOUT_IDENTITY, HELDOUT_FRAMES):
+        raise ValueError(f"split must be {HELDOUT_IDENTITY!r} or {HELDOUT_FRAMES!r}, got {split!r}")
     out = []
-    for clip in manifest["clips"]:
-        if split == "heldout_identity" and clip.get("split") == "heldout_identity":
-            out.append((clip, 0))
-        elif split == "heldout_frames" and clip.get("split") == "train":
-            start = int(clip.get("heldout_frames_from", clip["num_frames"]))
-            if start < clip["num_frames"] - 2:
-                out.append((clip, start))
-        elif split not in ("heldout_identity", "heldout_frames"):
-            raise ValueError(f"split must be 'heldout_identity' or 'heldout_frames', got {split!r}")
+    for clip in data.clips_in(split):
+        start, end = clip.split_range(split)
+        if split == HELDOUT_IDENTITY or start < end - 2:
+            out.append((clip, start))
     return out
 
 
@@ -300,8 +293,8 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
     from metaportrait.evaluation.temporal import e_warp
 
     data_dir = Path(data_dir)
-    manifest = _load_manifest(data_dir)
-    chosen = _select_clips(manifest, settings.split)[: settings.max_clips]
+    data = PreparedData(data_dir)
+    chosen = _select_clips(data, settings.split)[: settings.max_clips]
     if not chosen:
         raise ValueError(f"no clips for split {settings.split!r} in {data_dir}")
     accs = {m: _Accumulator(m, f"self ({settings.split})") for m in settings.methods}
@@ -310,7 +303,7 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
     sources = []
     try:
         for clip, start in chosen:
-            frames, lms, valid = _clip_arrays(data_dir, clip)
+            frames, lms, valid = _clip_arrays(data, clip)
             idx = [i for i in range(start, len(frames)) if valid[i]]
             if len(idx) < 3:
                 continue
@@ -324,7 +317,7 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
                 outs = _run(pipe, METHODS[m], source, targets, settings.batch_size, accs[m])
                 _score(pipe, analyzer, accs[m], source, outs, targets, gts)
                 accs[m].add(e_warp=e_warp(list(outs)))
-            log(f"evaluated {clip['id']}: {len(drive)} frames")
+            log(f"evaluated {clip.id}: {len(drive)} frames")
         if settings.cross_identity and len(sources) >= 2:
             for k, (clip, source, _, _, _) in enumerate(sources):
                 _, _, d_frames, d_lms, drive = sources[(k + 1) % len(sources)]
@@ -339,7 +332,7 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
     scores = [a.result() for a in accs.values()]
     if settings.cross_identity and len(sources) >= 2:
         scores += [a.result() for a in cross.values()]
-    return EvaluationReport(scores=scores, clips=[c["id"] for c, *_ in sources], settings=asdict(settings))
+    return EvaluationReport(scores=scores, clips=[c.id for c, *_ in sources], settings=asdict(settings))
 
 
 def _run(pipe, method, source, targets, batch_size, acc) -> np.ndarray:
@@ -389,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="metaportrait evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="prepared data folder (metaportrait prepare-data)")
     ap.add_argument("--weights", default=None, help="pipeline folder or Hub repo id (default: embedded weights)")
-    ap.add_argument("--split", default="heldout_identity", choices=["heldout_identity", "heldout_frames"])
+    ap.add_argument("--split", default=HELDOUT_IDENTITY, choices=[HELDOUT_IDENTITY, HELDOUT_FRAMES])
     ap.add_argument("--max-clips", type=int, default=8)
     ap.add_argument("--frames-per-clip", type=int, default=48)
     ap.add_argument("--no-cross-identity", action="store_true")

@@ -48,12 +48,11 @@ from torch.utils.data import Dataset
 
 from metaportrait.errors import NoFaceError
 from metaportrait.tensors import to_tensor, to_uint8
-from metaportrait.training.prepare import Manifest
+from metaportrait.training.prepared import LANDMARKS_SIZE, SPLITS, PreparedData, frames_file
 
 logger = logging.getLogger(__name__)
 
-Split = Literal["train", "heldout_frames", "heldout_identity"]
-SPLITS: tuple[str, ...] = ("train", "heldout_frames", "heldout_identity")
+Split = Literal["train", "heldout_frames", "heldout_identity"]  # the names of prepared.SPLITS
 
 
 def _mirror_index() -> np.ndarray:
@@ -333,11 +332,11 @@ class _PreparedData:
         if size not in (256, 512):
             raise ValueError(f"size must be 256 or 512, got {size!r}")
         self.size = size
-        self.manifest = Manifest.load(self.data_dir)
+        self.manifest = PreparedData(self.data_dir)
         if size == 512:
             missing = [c.id for c in self.manifest.clips if not c.has_512]
             if missing:
-                raise ValueError(f"size=512 needs frames_512.npy; clips without it: {missing[:5]}")
+                raise ValueError(f"size=512 needs {frames_file(512)}; clips without it: {missing[:5]}")
         self._frames: dict[int, np.ndarray] = {}
         self._frames256: dict[int, np.ndarray] = {}
         self._landmarks: dict[int, np.ndarray] = {}
@@ -350,44 +349,35 @@ class _PreparedData:
         return state
 
     def clip_dir(self, i: int) -> Path:
-        return self.data_dir / "clips" / self.manifest.clips[i].id
+        return self.manifest.clip_dir(self.manifest.clips[i])
 
     def frames(self, i: int) -> np.ndarray:
         if i not in self._frames:
-            self._frames[i] = np.load(self.clip_dir(i) / f"frames_{self.size}.npy", mmap_mode="r")
+            self._frames[i] = self.manifest.frames(self.manifest.clips[i], self.size)
         return self._frames[i]
 
     def frames256(self, i: int) -> np.ndarray:
         if self.size == 256:
             return self.frames(i)
         if i not in self._frames256:
-            self._frames256[i] = np.load(self.clip_dir(i) / "frames_256.npy", mmap_mode="r")
+            self._frames256[i] = self.manifest.frames(self.manifest.clips[i], 256)
         return self._frames256[i]
 
     def landmarks(self, i: int) -> np.ndarray:
         """``N×478×2`` in pixels of the ``size`` crop."""
         if i not in self._landmarks:
-            lm = np.load(self.clip_dir(i) / "landmarks_256.npy").astype(np.float32)
-            self._landmarks[i] = lm * (self.size / 256.0)
+            lm = np.asarray(self.manifest.landmarks(self.manifest.clips[i]), dtype=np.float32)
+            self._landmarks[i] = lm * (self.size / float(LANDMARKS_SIZE))
         return self._landmarks[i]
 
     def valid(self, i: int) -> np.ndarray:
         if i not in self._valid:
-            self._valid[i] = np.load(self.clip_dir(i) / "valid.npy")
+            self._valid[i] = self.manifest.valid(self.manifest.clips[i])
         return self._valid[i]
 
     def split_range(self, i: int, split: str) -> tuple[int, int] | None:
         """Frame range ``[lo, hi)`` of clip ``i`` in ``split``, or None when the clip is not in it."""
-        c = self.manifest.clips[i]
-        if split == "heldout_identity":
-            return (0, c.num_frames) if c.split == "heldout_identity" else None
-        if c.split != "train":
-            return None
-        if split == "train":
-            return (0, min(c.heldout_frames_from, c.num_frames))
-        if split == "heldout_frames":
-            return (c.heldout_frames_from, c.num_frames)
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self.manifest.clips[i].split_range(split)
 
     def entries(self, split: str, min_frames: int = 2, min_source_side: float = 0) -> list[_ClipEntry]:
         """Clips of ``split`` with at least ``min_frames`` valid frames and, when ``min_source_side`` is
@@ -395,16 +385,13 @@ class _PreparedData:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         out = []
-        for i, c in enumerate(self.manifest.clips):
-            r = self.split_range(i, split)
-            if r is None:
-                continue
+        for c in self.manifest.clips_in(split):
             if min_source_side and (c.source_side is None or c.source_side < min_source_side):
                 continue
-            lo, hi = r
-            idx = np.flatnonzero(self.valid(i)[lo:hi]) + lo
+            lo, hi = c.split_range(split)
+            idx = np.flatnonzero(self.valid(c.index)[lo:hi]) + lo
             if idx.size >= min_frames:
-                out.append(_ClipEntry(i, c.id, c.identity, idx.astype(np.int64)))
+                out.append(_ClipEntry(c.index, c.id, c.identity, idx.astype(np.int64)))
         return out
 
 

@@ -50,10 +50,22 @@ from pathlib import Path
 import numpy as np
 
 from metaportrait.errors import InvalidImageError, InvalidVideoError, MetaPortraitError
+from metaportrait.training.prepared import (
+    CLIPS_DIR,
+    FORMAT,
+    HELDOUT_IDENTITY,
+    LANDMARKS_FILE,
+    MANIFEST_FILE,
+    TRAIN,
+    VALID_FILE,
+    PreparedData,
+    check_format,
+    crop_source_side,
+    frames_file,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "metaportrait-prepared-v1"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FIRST_FRAMES_TO_SEARCH = 10
@@ -84,14 +96,6 @@ class ClipRecord:
         """Side of the crop box in source pixels (None when not recorded): below the crop size, the
         prepared frames are upscaled and blurrier than what a camera gives at that size."""
         return crop_source_side(self.crop_box)
-
-
-def crop_source_side(crop_box: Sequence[float] | None) -> float | None:
-    """The shorter side of a manifest ``crop_box`` (x0, y0, x1, y1) in source pixels; None if absent."""
-    if crop_box is None:
-        return None
-    x0, y0, x1, y1 = crop_box
-    return float(min(x1 - x0, y1 - y0))
 
 
 @dataclass
@@ -126,8 +130,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
-        if d.get("format") != FORMAT:
-            raise ValueError(f"not a prepared-data manifest: format {d.get('format')!r}, expected {FORMAT!r}")
+        check_format(d)
         clips = []
         for c in d.get("clips", []):
             c = dict(c)
@@ -144,10 +147,7 @@ class Manifest:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> Manifest:
-        path = Path(data_dir) / "manifest.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no manifest.json in {data_dir} (run `metaportrait prepare-data` first)")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(PreparedData(data_dir).manifest)
 
     @property
     def identities(self) -> list[str]:
@@ -412,7 +412,7 @@ def _signature(job: _Job) -> dict:
 
 
 def _clip_dir(output_dir: str | Path, clip_id: str) -> Path:
-    return Path(output_dir) / "clips" / clip_id
+    return Path(output_dir) / CLIPS_DIR / clip_id
 
 
 def _npy_len(path: Path) -> int | None:
@@ -432,7 +432,7 @@ def _cached_result(job: _Job, signature: dict) -> dict | None:
         if meta.get("signature") != signature:
             return None
         n = meta["record"]["num_frames"]
-        files = ["landmarks_256.npy", "valid.npy"] + [f"frames_{s}.npy" for s in job.sizes]
+        files = [LANDMARKS_FILE, VALID_FILE] + [frames_file(s) for s in job.sizes]
         if all(_npy_len(out / f) == n for f in files):
             return {"clip": meta["record"], "cached": True}
         return None
@@ -511,7 +511,7 @@ def _process_frames(job: _Job, out: Path) -> ClipRecord | str:
     crops = {s: (crop256 if s == 256 else crop256.rescaled(s)) for s in job.sizes}
 
     # 2. stream: crop every frame, track landmarks on the 256 crop
-    writers = {s: _NpyStreamWriter(out / f"frames_{s}.npy.part", (s, s, 3), np.uint8) for s in job.sizes}
+    writers = {s: _NpyStreamWriter(out / f"{frames_file(s)}.part", (s, s, 3), np.uint8) for s in job.sizes}
     landmarks: list[np.ndarray] = []
     valid: list[bool] = []
     tracker = FaceAnalyzer(static_image_mode=False, max_faces=1)
@@ -551,18 +551,18 @@ def _process_frames(job: _Job, out: Path) -> ClipRecord | str:
     valid_arr = np.asarray(valid, bool)
     if not valid_arr.any():
         for s in job.sizes:
-            (out / f"frames_{s}.npy.part").unlink(missing_ok=True)
+            (out / f"{frames_file(s)}.part").unlink(missing_ok=True)
         return "the face was lost in every frame of the crop"
     track = _fill_invalid(np.stack(landmarks).astype(np.float32), valid_arr)
     track = _smooth_valid_runs(track, valid_arr, fps).astype(np.float32)
 
-    _atomic_save_npy(out / "landmarks_256.npy", track)
-    _atomic_save_npy(out / "valid.npy", valid_arr)
+    _atomic_save_npy(out / LANDMARKS_FILE, track)
+    _atomic_save_npy(out / VALID_FILE, valid_arr)
     for s in job.sizes:
-        os.replace(out / f"frames_{s}.npy.part", out / f"frames_{s}.npy")
+        os.replace(out / f"{frames_file(s)}.part", out / frames_file(s))
     for s in (256, 512):  # outputs of an earlier run with other sizes
         if s not in job.sizes:
-            (out / f"frames_{s}.npy").unlink(missing_ok=True)
+            (out / frames_file(s)).unlink(missing_ok=True)
     box = tuple(float(v) for v in crop256.box)
     return ClipRecord(
         id=src.id,
@@ -593,10 +593,10 @@ def assign_splits(
     held = set(heldout_identities)
     for c in clips:
         if c.identity in held:
-            c.split = "heldout_identity"
+            c.split = HELDOUT_IDENTITY
             c.heldout_frames_from = 0
         else:
-            c.split = "train"
+            c.split = TRAIN
             n_held = int(round(c.num_frames * heldout_fraction))
             c.heldout_frames_from = max(1, c.num_frames - n_held)
     return clips
@@ -692,7 +692,7 @@ def prepare_data(
         heldout_fraction=float(heldout_fraction),
         sizes=list(sizes_t),
     )
-    manifest.save(out / "manifest.json")
+    manifest.save(out / MANIFEST_FILE)
     fresh = [r for r in results if not r.get("cached") and "clip" in r]
     new_frames = sum(r["clip"]["num_frames"] for r in fresh)
     new_seconds = sum(r["seconds"] for r in fresh)
@@ -736,10 +736,10 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     frames = sum(c.num_frames for c in m.clips)
-    held_clips = sum(c.split == "heldout_identity" for c in m.clips)
+    held_clips = sum(c.split == HELDOUT_IDENTITY for c in m.clips)
     print(
         f"{len(m.clips)} clips ({held_clips} held-out identity), {len(m.identities)} identities, "
-        f"{frames} frames, {len(m.skipped)} skipped, {time.perf_counter() - t0:.1f} s -> {Path(args.output) / 'manifest.json'}"
+        f"{frames} frames, {len(m.skipped)} skipped, {time.perf_counter() - t0:.1f} s -> {Path(args.output) / MANIFEST_FILE}"
     )
     for s in m.skipped:
         print(f"  skipped {s.source_file}: {s.reason}")

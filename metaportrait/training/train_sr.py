@@ -47,13 +47,12 @@ from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResol
 from metaportrait.tensors import to_tensor
 from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint
 from metaportrait.training.degradations import DegradationConfig, degrade_clip
-from metaportrait.training.prepare import crop_source_side
+from metaportrait.training.prepared import TRAIN, ClipInfo, PreparedData, frames_file
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SRClipDataset", "SRTrainConfig", "SRTrainResult", "main", "train_sr"]
 
-MANIFEST_FORMAT = "metaportrait-prepared-v1"
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -68,7 +67,7 @@ class SRTrainConfig(ModelConfig):
     output_dir: str = "runs/temporal_sr"
     model: TemporalSRConfig = field(default_factory=TemporalSRConfig)
     init_from: str | None = None
-    hr_frames_file: str = "frames_512.npy"
+    hr_frames_file: str = frames_file(512)
     # Train only on clips whose crop box covers at least this many source pixels: a 512² target cut
     # from a 228-pixel face is an upscaled image that teaches the network to produce blur. 0 = all clips.
     min_source_side: float = 0
@@ -141,37 +140,27 @@ class SRClipDataset(Dataset):
         hr_size: int,
         degradation: DegradationConfig,
         *,
-        hr_frames_file: str = "frames_512.npy",
+        hr_frames_file: str = frames_file(512),
         hflip: bool = True,
         seed: int = 0,
         min_source_side: float = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
-        manifest_path = self.data_dir / "manifest.json"
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"no manifest.json in {self.data_dir} (run `metaportrait prepare-data` first)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{manifest_path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        self.prepared = PreparedData(self.data_dir)
         self.clip_length, self.lr_size, self.hr_size = clip_length, lr_size, hr_size
         self.degradation, self.hr_frames_file, self.hflip, self.seed = degradation, hr_frames_file, hflip, seed
-        self.clip_dirs: list[Path] = []
+        self.clips: list[ClipInfo] = []
         self.starts: list[tuple[int, int]] = []  # (clip index, first frame)
-        for clip in manifest.get("clips", []):
-            if clip.get("split") != "train":
+        for clip in self.prepared.clips_in(TRAIN):
+            if not self.prepared.has_file(clip, hr_frames_file):
                 continue
-            cdir = self.data_dir / "clips" / clip["id"]
-            if not (cdir / hr_frames_file).is_file():
-                continue
-            side = crop_source_side(clip.get("crop_box"))
-            if min_source_side and (side is None or side < min_source_side):
+            if min_source_side and (clip.source_side is None or clip.source_side < min_source_side):
                 continue  # the HR target would be an upscaled image
-            end = min(int(clip.get("heldout_frames_from", clip["num_frames"])), int(clip["num_frames"]))
-            valid_path = cdir / "valid.npy"
-            valid = np.load(valid_path)[:end] if valid_path.is_file() else np.ones(end, bool)
+            lo, end = clip.split_range(TRAIN)
+            valid = self.prepared.valid(clip)[lo:end]
             ok = np.convolve(valid.astype(np.int64), np.ones(clip_length, np.int64), mode="valid") == clip_length
-            ci = len(self.clip_dirs)
-            self.clip_dirs.append(cdir)
+            ci = len(self.clips)
+            self.clips.append(clip)
             self.starts.extend((ci, int(s)) for s in np.flatnonzero(ok))
         if not self.starts:
             raise ValueError(
@@ -185,12 +174,17 @@ class SRClipDataset(Dataset):
         state["_frames"] = {}  # memory maps are re-opened in each worker
         return state
 
+    @property
+    def clip_dirs(self) -> list[Path]:
+        """Folders of the clips in use (index = the clip index of :attr:`starts`)."""
+        return [self.prepared.clip_dir(c) for c in self.clips]
+
     def __len__(self) -> int:
         return len(self.starts)
 
     def _hr(self, ci: int) -> np.ndarray:
         if ci not in self._frames:
-            self._frames[ci] = np.load(self.clip_dirs[ci] / self.hr_frames_file, mmap_mode="r")
+            self._frames[ci] = self.prepared.open_array(self.clips[ci], self.hr_frames_file)
         return self._frames[ci]
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
@@ -292,7 +286,7 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
         hr_frames_file=config.hr_frames_file, hflip=config.hflip, seed=config.seed,
         min_source_side=config.min_source_side,
     )
-    accelerator.print(f"{len(dataset.clip_dirs)} training clips, {len(dataset)} windows")
+    accelerator.print(f"{len(dataset.clips)} training clips, {len(dataset)} windows")
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay)
     scheduler = get_scheduler(
         config.lr_scheduler, optimizer,

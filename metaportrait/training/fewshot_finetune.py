@@ -1,0 +1,191 @@
+"""Few-shot fine-tuning on a new person (Zakharov et al. 2019 §3.3; the FF variant with
+``feed_forward=True``). Re-exported by :mod:`metaportrait.training.fewshot`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
+from metaportrait.training.fewshot_config import FewShotLossWeights, _check_compatible
+from metaportrait.training.fewshot_losses import ContentLoss
+from metaportrait.training.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+
+
+# -- few-shot fine-tuning ------------------------------------------------------------------------
+@dataclass
+class FineTuneResult:
+    """Personalised G' (ψ' in ``generator.adain_personal``) and D' (w' in ``discriminator.w_personal``).
+
+    ``embedding``: ê_NEW (``D``); ``losses``: per-step scalars; ``content_loss_before/after``: the
+    content loss of G' on all T frames (eval mode) at initialisation and after fine-tuning (``nan``
+    with ``evaluate=False``);
+    timings in seconds: ``embed_seconds`` (ê_NEW and the copies), ``finetune_seconds`` (the steps).
+    """
+
+    generator: FewShotGenerator
+    discriminator: ProjectionDiscriminator
+    embedding: torch.Tensor
+    losses: list[dict[str, float]]
+    content_loss_before: float
+    content_loss_after: float
+    embed_seconds: float
+    finetune_seconds: float
+
+    @property
+    def total_seconds(self) -> float:
+        return self.embed_seconds + self.finetune_seconds
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.finetune_seconds / len(self.losses) if self.losses else 0.0
+
+
+@torch.no_grad()
+def _chunked_content_loss(generator: FewShotGenerator, frames: torch.Tensor, landmark_images: torch.Tensor,
+                          content_loss: ContentLoss, chunk: int) -> float:
+    was = generator.training
+    generator.eval()
+    total = 0.0
+    for s in range(0, frames.shape[0], chunk):
+        x, y = frames[s : s + chunk], landmark_images[s : s + chunk]
+        total += content_loss(generator(y), x).total.item() * x.shape[0]
+    generator.train(was)
+    return total / frames.shape[0]
+
+
+def finetune_fewshot(
+    embedder: Embedder,
+    generator: FewShotGenerator,
+    discriminator: ProjectionDiscriminator,
+    frames: torch.Tensor,
+    landmark_images: torch.Tensor,
+    *,
+    steps: int = 40,
+    lr_generator: float = 5e-5,
+    lr_discriminator: float = 2e-4,
+    adam_betas: tuple[float, float] = (0.0, 0.9),
+    batch_size: int = 8,
+    d_steps_per_g_step: int = 1,
+    feed_forward: bool = False,
+    loss_weights: FewShotLossWeights | None = None,
+    content_loss: ContentLoss | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    seed: int = 0,
+    chunk: int = 16,
+    evaluate: bool = True,
+    seconds: float | None = None,
+    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+) -> FineTuneResult:
+    """Personalise the meta-learned model to T frames of a new person (paper §3.3).
+
+    Args:
+        embedder, generator, discriminator: the meta-learned E, G, D (left unchanged).
+        frames, landmark_images: ``T×3×H×W`` in [-1, 1] (T >= 1), on the models' device.
+        steps: generator updates (each followed by ``d_steps_per_g_step`` discriminator updates).
+        lr_generator, lr_discriminator, adam_betas: Adam settings for G' (all weights and ψ') and
+            D' (all weights, w' and b).
+        batch_size: frames per step (sampled without replacement from the T frames, at most T).
+        feed_forward: the FF variant: no optimisation (``steps`` is ignored), ψ' = P·ê_NEW.
+        loss_weights / content_loss: the objective (default: :class:`FewShotLossWeights`; the
+            embedding-match weight is unused here). ``content_loss`` overrides the weights' content part.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run forward passes under autocast.
+        seed: seeds the frame sampling.
+        chunk: frames per forward pass when embedding or evaluating all T frames.
+        evaluate: measure the content loss on all T frames before and after (``nan`` when False).
+        seconds: a wall-clock budget for the fine-tuning steps (stops early when spent).
+        callback: ``callback(step, losses)`` after every step (1-based); returning True stops
+            (a cancel button).
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3 or landmark_images.shape != frames.shape or frames.shape[0] < 1:
+        raise ValueError(
+            f"frames and landmark_images must both be T×3×H×W with T >= 1, got {tuple(frames.shape)} and "
+            f"{tuple(landmark_images.shape)}"
+        )
+    if steps < 0 or batch_size < 1 or d_steps_per_g_step < 1 or chunk < 1:
+        raise ValueError(
+            f"need steps >= 0, batch_size >= 1, d_steps_per_g_step >= 1, chunk >= 1; got {steps}, {batch_size}, "
+            f"{d_steps_per_g_step}, {chunk}"
+        )
+    _check_compatible(embedder, generator, discriminator)
+    weights = loss_weights or FewShotLossWeights()
+    if content_loss is None:
+        content_loss = ContentLoss(weights)
+    device = generator.P.device
+    content_loss = content_loss.to(device)
+    frames = frames.to(device)
+    landmark_images = landmark_images.to(device)
+    t_count = frames.shape[0]
+
+    def autocast() -> Any:
+        if autocast_dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
+    # ê_NEW, ψ' = P·ê_NEW, w' = w_0 + ê_NEW
+    t0 = time.perf_counter()
+    was_training = embedder.training
+    embedder.eval()
+    with torch.no_grad(), autocast():
+        e_sum = torch.zeros(embedder.embed_dim, device=device)
+        for s in range(0, t_count, chunk):
+            e_sum += embedder(frames[s : s + chunk], landmark_images[s : s + chunk]).float().sum(dim=0)
+    embedder.train(was_training)
+    e_new = e_sum / t_count
+    g_p = generator.personalize(e_new)
+    d_p = discriminator.personalize(e_new)
+    embed_seconds = time.perf_counter() - t0
+
+    before = _chunked_content_loss(g_p, frames, landmark_images, content_loss, chunk) if evaluate else math.nan
+    losses: list[dict[str, float]] = []
+    t1 = time.perf_counter()
+    if not feed_forward and steps > 0:
+        g_p.train()
+        d_p.train()
+        opt_g = torch.optim.Adam(g_p.parameters(), lr=lr_generator, betas=adam_betas)
+        opt_d = torch.optim.Adam(d_p.parameters(), lr=lr_discriminator, betas=adam_betas)
+        rng = np.random.default_rng(seed)
+        n = min(batch_size, t_count)
+        for _ in range(steps):
+            sel = torch.as_tensor(rng.choice(t_count, size=n, replace=False), device=device)
+            x, y = frames[sel], landmark_images[sel]
+            with autocast():
+                fake = g_p(y)
+                out_fake = d_p(fake, y)
+                with torch.no_grad():
+                    out_real = d_p(x, y)
+                cnt = content_loss(fake, x)
+                adv = generator_adversarial_loss(out_fake.score.float(), kind="hinge")
+                fm = feature_matching_loss([f.float() for f in out_real.features], [f.float() for f in out_fake.features])
+                loss_g = cnt.total + weights.adversarial * adv + weights.feature_matching * fm
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            fake_d = fake.detach()
+            for _ in range(d_steps_per_g_step):
+                with autocast():
+                    out = d_p(torch.cat([x, fake_d]), torch.cat([y, y]))
+                    real_score, fake_score = out.score.float().split(n)
+                    loss_d = discriminator_loss(real_score, fake_score, kind="hinge")
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+            losses.append({"loss_g": loss_g.item(), "loss_content": cnt.total.item(), "loss_adv": adv.item(),
+                           "loss_fm": fm.item(), "loss_d": loss_d.item()})
+            if callback is not None and callback(len(losses), losses[-1]):
+                break
+            if seconds is not None and time.perf_counter() - t1 >= seconds:
+                break
+    finetune_seconds = time.perf_counter() - t1
+    after = _chunked_content_loss(g_p, frames, landmark_images, content_loss, chunk) if losses and evaluate else before
+    g_p.eval()
+    d_p.eval()
+    return FineTuneResult(generator=g_p, discriminator=d_p, embedding=e_new, losses=losses,
+                          content_loss_before=before, content_loss_after=after,
+                          embed_seconds=embed_seconds, finetune_seconds=finetune_seconds)
