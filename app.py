@@ -400,157 +400,158 @@ def build_demo() -> gr.Blocks:
             "Every output is labelled **AI-generated**. Do not use it to impersonate real people."
         )
         adapter_state = gr.State(None)  # folder of this user's personalization adapter
-        with gr.Tab("Animate", id="animate"):
-            with gr.Row():
-                with gr.Column():
-                    source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"],
-                                      elem_id="source-image")
-                    faces_box = gr.AnnotatedImage(label="Faces in the photo (numbered from the left)", visible=False)
-                    face = gr.Dropdown(["largest"], value="largest", label="Face to animate", visible=False,
-                                       allow_custom_value=True, elem_id="face-choice",
-                                       info="a number from the boxes above, or all of them")
-                    with gr.Accordion("…or dub a video instead of a photo", open=False):
-                        source_video = gr.Video(label="Source video (keeps its head motion and background; "
-                                                      "its mouth follows the driver)", sources=["upload"],
-                                                elem_id="source-video")
-                    driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"],
-                                       elem_id="driving-video")
-                    mode = gr.Radio(
-                        ["relative", "absolute"], value="relative", label="Motion transfer",
-                        info="relative: another person drives (keeps the source's face shape); absolute: same person",
-                    )
-                    paste_back = gr.Checkbox(label="Whole photo at its own resolution (else the face crop, 512² when the photo has the pixels)",
-                                             value=False)
-                    use_personal = gr.Checkbox(label="Use my personalized model (from the Personalize tab)",
-                                               value=False)
-                    personal_zip = gr.File(label="…or upload a personalized model (.zip from the Personalize tab)",
-                                           file_types=[".zip"], value=None, elem_id="personal-zip")
-                    with gr.Accordion("Motion control", open=False):
-                        parts = gr.CheckboxGroup(["all", "head", "expression", "eyes", "lips"], value=["all"],
-                                                 label="Which motion to transfer",
-                                                 info="head: pose only; expression: all but the pose; "
-                                                      "lips: only the mouth (dubbing); eyes: blinks and gaze")
-                        hold_eyes = gr.Checkbox(label="Keep the eyes open whatever the driver does", value=False)
-                        smile = gr.Slider(-1, 1, value=0, step=0.05, label="Add a smile")
-                    run = gr.Button("Animate", variant="primary")
-                with gr.Column():
-                    result = gr.Video(label="Result", autoplay=True, elem_id="result-video", interactive=False,
-                                      buttons=["download"])
-                    to_sr = gr.Button("Send to 512² super-resolution")
-            gr.Examples(
-                examples=[
-                    [str(EXAMPLES / "astronaut.jpg"), str(EXAMPLES / "driving_speech.mp4"), "relative", False],
-                    [str(EXAMPLES / "mona_lisa.jpg"), str(EXAMPLES / "driving_franck.mp4"), "relative", True],
-                ],
-                inputs=[source, driving, mode, paste_back],
-                example_labels=["Astronaut, driven by a man talking (face crop)",
-                                "Mona Lisa, driven by Franck (whole painting)"],
-            )
-            driving.upload(playable, inputs=driving, outputs=driving, api_visibility="private")
-            source.change(faces_preview, inputs=source, outputs=[faces_box, face], api_visibility="private")
-            source_video.upload(playable, inputs=source_video, outputs=source_video, api_visibility="private")
-            run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, face, parts,
-                                       hold_eyes, smile, source_video, adapter_state],
-                      outputs=result, api_name="reenact", concurrency_limit=CONCURRENCY)
-        with gr.Tab("Personalize", id="personalize"):
-            gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "
-                        "for the chosen time, starting from the meta-learned weights; every 8th frame is held back "
-                        "and the weights that reproduce those frames best are the ones kept. The result can be used "
-                        "at once in the Animate tab and downloaded as one .zip (safetensors + JSON) to use later.")
-            with gr.Row():
-                with gr.Column():
-                    p_video = gr.Video(label="Video of the person", sources=["upload"])
-                    p_photos = gr.File(label="…or photos", file_count="multiple", file_types=["image"], value=None)
-                    p_seconds = gr.Slider(10, 120, value=30, step=5, label="Time budget (seconds)")
-                    p_kind = gr.Radio(["lora", "full"], value="lora", label="Save as",
-                                      info="lora: a small adapter on top of the shared weights; full: all weights")
-                    p_family = gr.Radio(["metaportrait", "fewshot"], value="metaportrait", label="Model family",
-                                        info="fewshot: Zakharov et al. 2019 (up to 8 frames, fine-tuned within the "
-                                             "time budget; the source photo is then ignored)")
-                    with gr.Row():
-                        p_run = gr.Button("Personalize", variant="primary")
-                        p_cancel = gr.Button("Cancel", variant="stop")
-                with gr.Column():
-                    p_plot = gr.LinePlot(x="step", y="loss", title="Training loss", label="Training loss", height=220)
-                    p_before = gr.Image(label="Before (source | target | output)", interactive=False)
-                    p_after = gr.Image(label="After", interactive=False)
-                    p_files = gr.File(label="Personalized model (.zip: safetensors + JSON)", interactive=False)
-            p_video.upload(playable, inputs=p_video, outputs=p_video, api_visibility="private")
-            p_event = p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind, p_family],
-                                  outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
-                                  concurrency_limit=1, concurrency_id="personalize")
-            p_cancel.click(None, cancels=[p_event], api_visibility="private")
-            # the few-shot family has no LoRA/full choice: hide what the choice ignores
-            p_family.change(lambda f: gr.update(visible=f == "metaportrait"), inputs=p_family, outputs=p_kind,
-                            api_visibility="private")
-        with gr.Tab("Edit", id="edit"):
-            gr.Markdown("Edit a portrait without a driving video: every slider moves the face's dense landmarks and "
-                        "the same renderer draws the result (the image updates as a slider moves).")
-            e_start = gr.State(None)
-            with gr.Row():
-                with gr.Column():
-                    e_photo = gr.Image(label="Portrait", type="filepath", sources=["upload", "clipboard"],
-                                       elem_id="edit-photo", height=280)
-                    e_eyes = gr.Slider(0, 1, value=0.5, step=0.02, label="Eyes (closed … wide open)")
-                    e_lips = gr.Slider(0, 1, value=0.3, step=0.02, label="Mouth (closed … wide open)")
-                    e_smile = gr.Slider(-1, 1, value=0, step=0.05, label="Smile")
-                    e_brows = gr.Slider(-1, 1, value=0, step=0.05, label="Eyebrows")
-                    with gr.Row():
-                        e_yaw = gr.Slider(-30, 30, value=0, step=1, label="Turn (°)")
-                        e_pitch = gr.Slider(-30, 30, value=0, step=1, label="Nod (°)")
-                        e_roll = gr.Slider(-30, 30, value=0, step=1, label="Tilt (°)")
-                    with gr.Row():
-                        e_gx = gr.Slider(-1, 1, value=0, step=0.05, label="Gaze left … right")
-                        e_gy = gr.Slider(-1, 1, value=0, step=0.05, label="Gaze up … down")
-                with gr.Column():
-                    e_out = gr.Image(label="Edited", interactive=False, format="png", buttons=["download"],
-                                     elem_id="edit-result", height=560)
-            e_inputs = [e_photo, e_eyes, e_lips, e_smile, e_brows, e_yaw, e_pitch, e_roll, e_gx, e_gy, e_start]
-            e_photo.change(edit_start, inputs=e_photo, outputs=[e_out, e_eyes, e_lips, e_start],
-                           api_visibility="private")
-            first = True
-            for slider in e_inputs[1:-1]:
-                slider.change(edit, inputs=e_inputs, outputs=e_out, trigger_mode="always_last",
-                              show_progress="hidden", api_name="edit" if first else None,
-                              api_visibility="public" if first else "private")
-                first = False
-        with gr.Tab("Live", id="live"):
-            gr.Markdown("Animate a photo with your webcam. Look straight at the camera with a neutral face and press "
-                        "**Calibrate** (the first frame is used until you do).")
-            l_state = gr.State(None)
-            with gr.Row():
-                with gr.Column():
-                    l_photo = gr.Image(label="Portrait", type="filepath", sources=["upload", "clipboard"],
-                                       elem_id="live-photo", height=260)
-                    l_cam = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy",
-                                     elem_id="live-webcam")
-                    l_calibrate = gr.Button("Calibrate (neutral pose now)")
-                    l_parts = gr.CheckboxGroup(["all", "head", "expression", "eyes", "lips"], value=["all"],
-                                               label="Which motion to transfer")
-                    l_eyes = gr.Checkbox(label="Keep the eyes open", value=False)
-                    l_smile = gr.Slider(-1, 1, value=0, step=0.05, label="Add a smile")
-                with gr.Column():
-                    l_out = gr.Image(label="Live result", interactive=False, elem_id="live-result")
-                    l_stats = gr.Markdown("", elem_id="live-stats")
-            l_cam.stream(live_frame, inputs=[l_cam, l_photo, l_state, l_parts, l_eyes, l_smile],
-                         outputs=[l_out, l_state, l_stats],
-                         stream_every=0.1, time_limit=600, concurrency_limit=CONCURRENCY, api_visibility="private")
-            l_calibrate.click(live_calibrate, inputs=l_state, outputs=l_state, api_visibility="private")
-        with gr.Tab("512² SR", id="superres"):
-            gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
-                        "with a side-by-side comparison against bicubic upsampling. A video that is not a square "
-                        "face crop has its face found, upscaled and pasted back at twice its size.")
-            with gr.Row():
-                with gr.Column():
-                    s_video = gr.Video(label="A face video (a reenactment, or any video with a face)", sources=["upload"])
-                    s_run = gr.Button("Upscale to 512²", variant="primary")
-                with gr.Column():
-                    s_out = gr.Video(label="512² result", interactive=False, buttons=["download"])
-                    s_cmp = gr.Video(label="bicubic | super-resolution", interactive=False, buttons=["download"])
-            s_video.upload(playable, inputs=s_video, outputs=s_video, api_visibility="private")
-            s_run.click(upscale, inputs=s_video, outputs=[s_out, s_cmp], api_name="upscale",
-                        concurrency_limit=CONCURRENCY)
-            to_sr.click(lambda v: v, inputs=result, outputs=s_video, api_visibility="private")
+        with gr.Tabs(overflow_behavior="wrap"):  # on a phone the tabs wrap instead of hiding in a menu
+            with gr.Tab("Animate", id="animate"):
+                with gr.Row():
+                    with gr.Column():
+                        source = gr.Image(label="Source portrait", type="filepath", sources=["upload", "clipboard"],
+                                          elem_id="source-image")
+                        faces_box = gr.AnnotatedImage(label="Faces in the photo (numbered from the left)", visible=False)
+                        face = gr.Dropdown(["largest"], value="largest", label="Face to animate", visible=False,
+                                           allow_custom_value=True, elem_id="face-choice",
+                                           info="a number from the boxes above, or all of them")
+                        with gr.Accordion("…or dub a video instead of a photo", open=False):
+                            source_video = gr.Video(label="Source video (keeps its head motion and background; "
+                                                          "its mouth follows the driver)", sources=["upload"],
+                                                    elem_id="source-video")
+                        driving = gr.Video(label=f"Driving video (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload"],
+                                           elem_id="driving-video")
+                        mode = gr.Radio(
+                            ["relative", "absolute"], value="relative", label="Motion transfer",
+                            info="relative: another person drives (keeps the source's face shape); absolute: same person",
+                        )
+                        paste_back = gr.Checkbox(label="Whole photo at its own resolution (else the face crop, 512² when the photo has the pixels)",
+                                                 value=False)
+                        use_personal = gr.Checkbox(label="Use my personalized model (from the Personalize tab)",
+                                                   value=False)
+                        personal_zip = gr.File(label="…or upload a personalized model (.zip from the Personalize tab)",
+                                               file_types=[".zip"], value=None, elem_id="personal-zip")
+                        with gr.Accordion("Motion control", open=False):
+                            parts = gr.CheckboxGroup(["all", "head", "expression", "eyes", "lips"], value=["all"],
+                                                     label="Which motion to transfer",
+                                                     info="head: pose only; expression: all but the pose; "
+                                                          "lips: only the mouth (dubbing); eyes: blinks and gaze")
+                            hold_eyes = gr.Checkbox(label="Keep the eyes open whatever the driver does", value=False)
+                            smile = gr.Slider(-1, 1, value=0, step=0.05, label="Add a smile")
+                        run = gr.Button("Animate", variant="primary")
+                    with gr.Column():
+                        result = gr.Video(label="Result", autoplay=True, elem_id="result-video", interactive=False,
+                                          buttons=["download"])
+                        to_sr = gr.Button("Send to 512² super-resolution")
+                gr.Examples(
+                    examples=[
+                        [str(EXAMPLES / "astronaut.jpg"), str(EXAMPLES / "driving_speech.mp4"), "relative", False],
+                        [str(EXAMPLES / "mona_lisa.jpg"), str(EXAMPLES / "driving_franck.mp4"), "relative", True],
+                    ],
+                    inputs=[source, driving, mode, paste_back],
+                    example_labels=["Astronaut, driven by a man talking (face crop)",
+                                    "Mona Lisa, driven by Franck (whole painting)"],
+                )
+                driving.upload(playable, inputs=driving, outputs=driving, api_visibility="private")
+                source.change(faces_preview, inputs=source, outputs=[faces_box, face], api_visibility="private")
+                source_video.upload(playable, inputs=source_video, outputs=source_video, api_visibility="private")
+                run.click(reenact, inputs=[source, driving, mode, paste_back, use_personal, personal_zip, face, parts,
+                                           hold_eyes, smile, source_video, adapter_state],
+                          outputs=result, api_name="reenact", concurrency_limit=CONCURRENCY)
+            with gr.Tab("Personalize", id="personalize"):
+                gr.Markdown("Upload a short video of one person (or a few photos). The model is fine-tuned on them "
+                            "for the chosen time, starting from the meta-learned weights; every 8th frame is held back "
+                            "and the weights that reproduce those frames best are the ones kept. The result can be used "
+                            "at once in the Animate tab and downloaded as one .zip (safetensors + JSON) to use later.")
+                with gr.Row():
+                    with gr.Column():
+                        p_video = gr.Video(label="Video of the person", sources=["upload"])
+                        p_photos = gr.File(label="…or photos", file_count="multiple", file_types=["image"], value=None)
+                        p_seconds = gr.Slider(10, 120, value=30, step=5, label="Time budget (seconds)")
+                        p_kind = gr.Radio(["lora", "full"], value="lora", label="Save as",
+                                          info="lora: a small adapter on top of the shared weights; full: all weights")
+                        p_family = gr.Radio(["metaportrait", "fewshot"], value="metaportrait", label="Model family",
+                                            info="fewshot: Zakharov et al. 2019 (up to 8 frames, fine-tuned within the "
+                                                 "time budget; the source photo is then ignored)")
+                        with gr.Row():
+                            p_run = gr.Button("Personalize", variant="primary")
+                            p_cancel = gr.Button("Cancel", variant="stop")
+                    with gr.Column():
+                        p_plot = gr.LinePlot(x="step", y="loss", title="Training loss", label="Training loss", height=220)
+                        p_before = gr.Image(label="Before (source | target | output)", interactive=False)
+                        p_after = gr.Image(label="After", interactive=False)
+                        p_files = gr.File(label="Personalized model (.zip: safetensors + JSON)", interactive=False)
+                p_video.upload(playable, inputs=p_video, outputs=p_video, api_visibility="private")
+                p_event = p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind, p_family],
+                                      outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
+                                      concurrency_limit=1, concurrency_id="personalize")
+                p_cancel.click(None, cancels=[p_event], api_visibility="private")
+                # the few-shot family has no LoRA/full choice: hide what the choice ignores
+                p_family.change(lambda f: gr.update(visible=f == "metaportrait"), inputs=p_family, outputs=p_kind,
+                                api_visibility="private")
+            with gr.Tab("Edit", id="edit"):
+                gr.Markdown("Edit a portrait without a driving video: every slider moves the face's dense landmarks and "
+                            "the same renderer draws the result (the image updates as a slider moves).")
+                e_start = gr.State(None)
+                with gr.Row():
+                    with gr.Column():
+                        e_photo = gr.Image(label="Portrait", type="filepath", sources=["upload", "clipboard"],
+                                           elem_id="edit-photo", height=280)
+                        e_eyes = gr.Slider(0, 1, value=0.5, step=0.02, label="Eyes (closed … wide open)")
+                        e_lips = gr.Slider(0, 1, value=0.3, step=0.02, label="Mouth (closed … wide open)")
+                        e_smile = gr.Slider(-1, 1, value=0, step=0.05, label="Smile")
+                        e_brows = gr.Slider(-1, 1, value=0, step=0.05, label="Eyebrows")
+                        with gr.Row():
+                            e_yaw = gr.Slider(-30, 30, value=0, step=1, label="Turn (°)")
+                            e_pitch = gr.Slider(-30, 30, value=0, step=1, label="Nod (°)")
+                            e_roll = gr.Slider(-30, 30, value=0, step=1, label="Tilt (°)")
+                        with gr.Row():
+                            e_gx = gr.Slider(-1, 1, value=0, step=0.05, label="Gaze left … right")
+                            e_gy = gr.Slider(-1, 1, value=0, step=0.05, label="Gaze up … down")
+                    with gr.Column():
+                        e_out = gr.Image(label="Edited", interactive=False, format="png", buttons=["download"],
+                                         elem_id="edit-result", height=560)
+                e_inputs = [e_photo, e_eyes, e_lips, e_smile, e_brows, e_yaw, e_pitch, e_roll, e_gx, e_gy, e_start]
+                e_photo.change(edit_start, inputs=e_photo, outputs=[e_out, e_eyes, e_lips, e_start],
+                               api_visibility="private")
+                first = True
+                for slider in e_inputs[1:-1]:
+                    slider.change(edit, inputs=e_inputs, outputs=e_out, trigger_mode="always_last",
+                                  show_progress="hidden", api_name="edit" if first else None,
+                                  api_visibility="public" if first else "private")
+                    first = False
+            with gr.Tab("Live", id="live"):
+                gr.Markdown("Animate a photo with your webcam. Look straight at the camera with a neutral face and press "
+                            "**Calibrate** (the first frame is used until you do).")
+                l_state = gr.State(None)
+                with gr.Row():
+                    with gr.Column():
+                        l_photo = gr.Image(label="Portrait", type="filepath", sources=["upload", "clipboard"],
+                                           elem_id="live-photo", height=260)
+                        l_cam = gr.Image(label="Webcam", sources=["webcam"], streaming=True, type="numpy",
+                                         elem_id="live-webcam")
+                        l_calibrate = gr.Button("Calibrate (neutral pose now)")
+                        l_parts = gr.CheckboxGroup(["all", "head", "expression", "eyes", "lips"], value=["all"],
+                                                   label="Which motion to transfer")
+                        l_eyes = gr.Checkbox(label="Keep the eyes open", value=False)
+                        l_smile = gr.Slider(-1, 1, value=0, step=0.05, label="Add a smile")
+                    with gr.Column():
+                        l_out = gr.Image(label="Live result", interactive=False, elem_id="live-result")
+                        l_stats = gr.Markdown("", elem_id="live-stats")
+                l_cam.stream(live_frame, inputs=[l_cam, l_photo, l_state, l_parts, l_eyes, l_smile],
+                             outputs=[l_out, l_state, l_stats],
+                             stream_every=0.1, time_limit=600, concurrency_limit=CONCURRENCY, api_visibility="private")
+                l_calibrate.click(live_calibrate, inputs=l_state, outputs=l_state, api_visibility="private")
+            with gr.Tab("512² SR", id="superres"):
+                gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
+                            "with a side-by-side comparison against bicubic upsampling. A video that is not a square "
+                            "face crop has its face found, upscaled and pasted back at twice its size.")
+                with gr.Row():
+                    with gr.Column():
+                        s_video = gr.Video(label="A face video (a reenactment, or any video with a face)", sources=["upload"])
+                        s_run = gr.Button("Upscale to 512²", variant="primary")
+                    with gr.Column():
+                        s_out = gr.Video(label="512² result", interactive=False, buttons=["download"])
+                        s_cmp = gr.Video(label="bicubic | super-resolution", interactive=False, buttons=["download"])
+                s_video.upload(playable, inputs=s_video, outputs=s_video, api_visibility="private")
+                s_run.click(upscale, inputs=s_video, outputs=[s_out, s_cmp], api_name="upscale",
+                            concurrency_limit=CONCURRENCY)
+                to_sr.click(lambda v: v, inputs=result, outputs=s_video, api_visibility="private")
     return demo
 
 

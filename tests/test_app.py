@@ -323,7 +323,7 @@ def test_browser_narrow_phone_window(server):
         page = browser.new_page(viewport={"width": 390, "height": 844})
         page.goto(server, wait_until="domcontentloaded", timeout=120_000)
         page.locator("#source-image input[type=file]").wait_for(state="attached", timeout=120_000)
-        for name in ("Animate", "Personalize", "512² SR"):
+        for name in ("Animate", "Personalize", "Edit", "Live", "512² SR"):
             tab = page.get_by_role("tab", name=name)
             assert tab.is_visible(), name
             box = tab.bounding_box()
