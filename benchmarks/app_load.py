@@ -56,7 +56,9 @@ def main() -> None:
 
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port)}
-    log = open(REPO / "benchmarks" / "results" / "app_load_server.log", "w")
+    import tempfile
+
+    log = open(Path(tempfile.gettempdir()) / "metaportrait_app_load_server.log", "w")  # not a result to keep
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
