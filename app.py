@@ -147,14 +147,13 @@ def playable(video: str | None) -> str | None:
 def _release_memory() -> None:
     """Give a finished job's memory back to the system: Python's garbage, then glibc's free lists
     (glibc keeps freed arenas mapped, so without this a served process only ever grows)."""
+    import contextlib
     import ctypes
     import gc
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, Windows, musl): gc only
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
-        pass
 
 
 def _friendly(exc: Exception, *uploads: str) -> str:

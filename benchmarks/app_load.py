@@ -9,6 +9,7 @@ process and its children). Usage: ``python benchmarks/app_load.py [--clients 8]`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -33,18 +34,13 @@ def _rss_mib(pid: int) -> float:
     """RSS of a process and its children (MiB), from /proc."""
     total = 0
     pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # no children file: count the process alone
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     for p in pids:
-        try:
+        with contextlib.suppress(OSError):  # a child that ended between the two reads counts as 0
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-        except OSError:
-            pass
     return total / 1024
 
 

@@ -76,6 +76,21 @@ ProgressCallback = Callable[[int, int, str], None]
 """``progress(done, total, stage)``; ``total`` is 0 when unknown."""
 
 
+def _check_controls(options: object, ranges: dict[str, tuple[float, float]]) -> None:
+    """The checks ReenactOptions and EditOptions share: ``size`` one of 256/512/1024 or None, ``eyes``
+    and ``lips`` openings in [0, 1.5] or None, and each named field within its range."""
+    size = getattr(options, "size")
+    if size is not None and size not in (256, 512, 1024):
+        raise ValueError(f"size must be 256, 512 or 1024, got {size!r}")
+    for name in ("eyes", "lips"):
+        v = getattr(options, name)
+        if v is not None and not 0 <= v <= 1.5:
+            raise ValueError(f"{name} must be in [0, 1.5] or None, got {v!r}")
+    for name, (lo, hi) in ranges.items():
+        if not lo <= getattr(options, name) <= hi:
+            raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {getattr(options, name)!r}")
+
+
 @dataclass(frozen=True)
 class ReenactOptions:
     """Per-request settings (a new object per request; never mutated)."""
@@ -103,8 +118,6 @@ class ReenactOptions:
     audio: Literal["driving", "source"] = "driving"  # a video source: whose audio the output keeps
 
     def __post_init__(self) -> None:
-        if self.size is not None and self.size not in (256, 512, 1024):
-            raise ValueError(f"size must be 256, 512 or 1024, got {self.size!r}")
         if self.audio not in ("driving", "source"):
             raise ValueError(f"audio must be 'driving' or 'source', got {self.audio!r}")
         if self.face is not None and self.face != "all" and (
@@ -117,13 +130,7 @@ class ReenactOptions:
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown or not self.parts:
             raise ValueError(f"parts must be a non-empty combination of {PARTS}, got {self.parts!r}")
-        for name, lo, hi in (("motion_scale", 0, 3), ("pose_scale", 0, 3), ("smile", -1.5, 1.5)):
-            if not lo <= getattr(self, name) <= hi:
-                raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)!r}")
-        for name in ("eyes", "lips"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v <= 1.5:
-                raise ValueError(f"{name} must be in [0, 1.5] or None, got {v!r}")
+        _check_controls(self, ranges={"motion_scale": (0, 3), "pose_scale": (0, 3), "smile": (-1.5, 1.5)})
         for name in ("smoothing_min_cutoff", "eye_min_cutoff", "mouth_min_cutoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -159,17 +166,9 @@ class EditOptions:
     full_head: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("eyes", "lips"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v <= 1.5:
-                raise ValueError(f"{name} must be in [0, 1.5] or None, got {v!r}")
-        for name, limit in (("smile", 1.5), ("brows", 1.5), ("gaze_x", 1.5), ("gaze_y", 1.5),
-                            ("yaw", 45), ("pitch", 45), ("roll", 45)):
-            v = getattr(self, name)
-            if not -limit <= v <= limit:
-                raise ValueError(f"{name} must be in [-{limit}, {limit}], got {v!r}")
-        if self.size is not None and self.size not in (256, 512, 1024):
-            raise ValueError(f"size must be 256, 512 or 1024, got {self.size!r}")
+        _check_controls(self, ranges={"smile": (-1.5, 1.5), "brows": (-1.5, 1.5), "gaze_x": (-1.5, 1.5),
+                                      "gaze_y": (-1.5, 1.5), "yaw": (-45, 45), "pitch": (-45, 45),
+                                      "roll": (-45, 45)})
 
 
 @dataclass(frozen=True)
@@ -208,6 +207,16 @@ class ReenactResult:
     def fps_end_to_end(self) -> float:
         total = sum(self.timings.values())
         return self.num_frames / total if total > 0 else float("nan")
+
+
+def draw(source: SourceFace, grid: np.ndarray, residual: np.ndarray | None, paste_back: bool, size: int,
+         canvas: np.ndarray | None = None) -> np.ndarray:
+    """One output frame of ``source`` moved by a working-size ``grid`` (+ ``residual``): the whole photo
+    at its own resolution (``paste_back``; drawn onto ``canvas`` when given), else the face crop at
+    ``size``²."""
+    if paste_back:
+        return render_into_photo(source.image, source.crop, grid, residual, canvas=canvas)
+    return render_crop(source.face_at(size), grid, residual)
 
 
 class LandmarkTracker:
@@ -298,11 +307,8 @@ class LiveSession:
                                         neutral_mouth=self.options.neutral_mouth)
             target = self.pipe.control(self.source, target, self.options)
             grids, residuals = self.pipe.motion(self.source, [target], self.options.full_head)
-            res = None if residuals is None else residuals[0]
-            if self.options.paste_back:
-                out = render_into_photo(self.source.image, self.source.crop, grids[0], res)
-            else:
-                out = render_crop(self.source.face_at(self.size), grids[0], res)
+            out = draw(self.source, grids[0], None if residuals is None else residuals[0], self.options.paste_back,
+                       self.size)
         if self.options.visible_label:
             out = add_visible_label(out)
         self.frames += 1
@@ -556,11 +562,8 @@ class MetaPortraitPipeline:
         photo unchanged."""
         target = self.edited_landmarks(source, options)
         grids, residuals = self.motion(source, [target], options.full_head)
-        res = None if residuals is None else residuals[0]
-        if options.paste_back:
-            frame = render_into_photo(source.image, source.crop, grids[0], res)
-        else:
-            frame = render_crop(source.face_at(output_size(source.crop, options.size, self.size)), grids[0], res)
+        frame = draw(source, grids[0], None if residuals is None else residuals[0], options.paste_back,
+                     output_size(source.crop, options.size, self.size))
         return add_visible_label(frame) if options.visible_label else frame
 
     def animate(
@@ -605,14 +608,10 @@ class MetaPortraitPipeline:
                 if lm is None:
                     frame = first.image if options.paste_back else first.face_at(size)
                 else:
-                    if options.paste_back:
-                        frame = None
-                        for src, (grids, residuals) in zip(sources, motions):
-                            res = None if residuals is None else residuals[k]
-                            frame = render_into_photo(src.image, src.crop, grids[k], res, canvas=frame)
-                    else:
-                        grids, residuals = motions[0]
-                        frame = render_crop(first.face_at(size), grids[k], None if residuals is None else residuals[k])
+                    frame = None  # several faces draw in turn onto one photo
+                    for src, (grids, residuals) in zip(sources, motions):
+                        frame = draw(src, grids[k], None if residuals is None else residuals[k], options.paste_back,
+                                     size, canvas=frame)
                     k += 1
                 if options.visible_label:
                     frame = add_visible_label(frame)
@@ -699,7 +698,7 @@ class MetaPortraitPipeline:
                 spent = time.perf_counter() - t1
                 stats["generation"] = stats.get("generation", 0.0) + spent
                 t0 += spent  # "render" below counts the rest: rings, triangulation, sampling, label
-                out = render_into_photo(frame, crop, grids[0], None if residuals is None else residuals[0])
+                out = draw(src, grids[0], None if residuals is None else residuals[0], True, self.size)
             if options.visible_label:
                 out = add_visible_label(out)
             stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from metaportrait.face.crop import CropTransform
+from metaportrait.face.mesh_warp import identity_grid
 
 RESIDUAL_THRESHOLD = 3.0 / 127.5
 """|residual| (in [-1, 1] units) below which the refinement network is taken to draw nothing."""
@@ -36,10 +37,7 @@ def displacement(grid: np.ndarray) -> np.ndarray:
     g = np.asarray(grid, np.float32)
     if g.ndim != 3 or g.shape[2] != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"grid must be S×S×2, got shape {g.shape}")
-    n = g.shape[0]
-    lin = (np.arange(n, dtype=np.float32) + 0.5) * (2.0 / n) - 1.0
-    ident = np.stack(np.meshgrid(lin, lin), axis=-1)
-    return g - ident
+    return g - identity_grid(g.shape[0])
 
 
 def residual_layer(residual: np.ndarray | None) -> np.ndarray | None:

@@ -101,3 +101,18 @@ def tiny256_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "tiny256.json"
     path.write_text(json.dumps(cfg.to_dict()))
     return path
+
+
+def write_flv(frames: list[np.ndarray], path: Path, fps: int = 25) -> Path:
+    """Real frames written as an FLV (Sorenson) video: a container and codec browsers cannot play."""
+    import av
+
+    with av.open(str(path), "w", format="flv") as c:
+        st = c.add_stream("flv", rate=fps)
+        st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    return path

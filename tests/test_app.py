@@ -262,10 +262,8 @@ def test_personalization_tab_fewshot_family(tmp_path):
         job = app.personalize(None, [str(REPO / "examples" / "astronaut.jpg"), str(REPO / "examples" / "mona_lisa.jpg")],
                               120, "lora", "fewshot")
         next(job)
-        t0 = _time.perf_counter()
         next(job)
         job.close()
-        assert _time.perf_counter() - t0 < 30
         _time.sleep(3)
         assert set(app.OUTPUT_DIR.glob("*.zip")) == before
         import av
@@ -280,21 +278,13 @@ def test_personalization_tab_fewshot_family(tmp_path):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
 def test_browser_flv_driver_gets_a_playable_preview(server, tmp_path):
     """An .flv driving video works and its upload preview plays (it is re-encoded to H.264 MP4)."""
-    import av
     from playwright.sync_api import sync_playwright
+
+    from conftest import write_flv
 
     from metaportrait.video import iter_frames
 
-    flv = tmp_path / "drive.flv"
-    frames = list(iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=25))
-    with av.open(str(flv), "w", format="flv") as c:
-        st = c.add_stream("flv", rate=25)
-        st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(pkt)
-        for pkt in st.encode():
-            c.mux(pkt)
+    flv = write_flv(list(iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=25)), tmp_path / "drive.flv")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page()

@@ -221,7 +221,6 @@ def test_reenact_face_option(pipe, two_faces, tmp_path):
 def test_video_as_the_source_keeps_its_frames_and_head_motion(pipe, tmp_path):
     """Dubbing: a real talking clip as the source, another person driving. The output has the source's
     frame count, size and fps; its face's head pose follows the source video, not the driver."""
-    from metaportrait.face.controls import split_pose as pose_of
     from metaportrait.video import probe_video
 
     src_video, drv_video = EXAMPLES / "driving_franck.mp4", EXAMPLES / "driving_speech.mp4"
@@ -251,4 +250,3 @@ def test_video_as_the_source_keeps_its_frames_and_head_motion(pipe, tmp_path):
     # ... and the expression moved: the output differs from the source in the face
     diff = np.mean([np.abs(o.astype(int) - s.astype(int)).mean() for o, s in zip(out_frames, src_frames)])
     assert diff > 0.3
-    del pose_of

@@ -204,8 +204,6 @@ def tiny_cli_weights(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("case", ["directory", "dir_named_mp4", "avi", "no_suffix"])
 def test_cli_reenact_refuses_bad_outputs_before_any_work(tmp_path, tiny_cli_weights, case):
-    import time
-
     if case == "directory":
         out, expect = tmp_path, "existing folder"
     elif case == "dir_named_mp4":
@@ -216,13 +214,13 @@ def test_cli_reenact_refuses_bad_outputs_before_any_work(tmp_path, tiny_cli_weig
         out, expect = tmp_path / "o.avi", "'.avi'"
     else:
         out, expect = tmp_path / "o", "'(none)'"
-    t0 = time.perf_counter()
-    res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(EXAMPLES / "driving_webcam.mp4"),
+    # the driving video does not exist either: the error names the output, so it was checked first
+    res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(tmp_path / "missing.mp4"),
                "--output", str(out), "--weights", str(tiny_cli_weights), "--quiet")
     assert res.returncode == 2, res.stderr[-2000:]
+    assert "missing.mp4" not in res.stderr
     assert expect in res.stderr and ".mp4" in res.stderr and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("metaportrait reenact: error:")
-    assert time.perf_counter() - t0 < 60  # refused up front, not after rendering the video
     assert not list(tmp_path.glob("*.mp4")) or case == "dir_named_mp4"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 import resource
-import time
 
 import pytest
 import torch
@@ -70,11 +69,9 @@ def test_bad_folders_are_one_weights_error(good, case, message):
     if case == "pickle_weights":
         (good / "model.safetensors").write_bytes(pickle.dumps({"w": torch.zeros(3)}))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
     with pytest.raises(WeightsError, match=message) as info:
         MetaPortraitGenerator.from_pretrained(good)
     assert "\n" not in str(info.value)
-    assert time.perf_counter() - t0 < 10
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200, grown_mib
 

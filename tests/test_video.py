@@ -365,22 +365,11 @@ def test_visible_label(astronaut):
 
 def test_an_flv_upload_is_transcoded_for_the_browser_preview(tmp_path):
     """FLV (and other containers a browser cannot play) becomes H.264 MP4 with the same frames."""
-    import av
-    import numpy as np
-
+    from conftest import write_flv
     from metaportrait.video import browser_playable, iter_frames, probe_video, transcode_for_browser
 
     src = Path(__file__).resolve().parents[1] / "examples" / "driving_webcam.mp4"
-    flv = tmp_path / "drive.flv"
-    frames = list(iter_frames(src, max_frames=12))
-    with av.open(str(flv), "w", format="flv") as c:
-        st = c.add_stream("flv", rate=25)
-        st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(pkt)
-        for pkt in st.encode():
-            c.mux(pkt)
+    flv = write_flv(list(iter_frames(src, max_frames=12)), tmp_path / "drive.flv")
     assert browser_playable(src) and not browser_playable(flv)
     out = transcode_for_browser(flv, tmp_path / "drive.mp4")
     assert browser_playable(out)

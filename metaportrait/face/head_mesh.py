@@ -34,7 +34,7 @@ import numpy as np
 
 import cv2
 
-from metaportrait.face.mesh_warp import _border_anchors, mesh_warp_grid, signed_areas, source_triangles
+from metaportrait.face.mesh_warp import _border_anchors, identity_grid, mesh_warp_grid, signed_areas, source_triangles
 from metaportrait.face.motion import STABLE_POINTS, _umeyama
 from metaportrait.face.regions import FACE_OVAL
 
@@ -315,7 +315,6 @@ def head_mesh(
         weight[cur] = np.clip(np.maximum(weight[cur], need), 0.0, 1.0)
     moved = p + weight[:, None] * rigid_disp
 
-    a_src, a_tgt = slice(0, k), slice(k, 2 * k)
     ang_a, _ = _polar(rigid[:k], c_drv)
     _, rad_a = _polar(follow[:k], c_drv)
     # enclose every target landmark of the sector between the neighbouring rays
@@ -359,7 +358,6 @@ def head_mesh(
                 f = np.minimum(f, np.minimum(f_hi, f_lo))
             f = np.clip(f, 0.35, 1.0)
             targets[i] = np.where(bad[:, None], inner + f[:, None] * d, q)
-    del a_src, a_tgt
     # the still ring may come no closer to a frame edge than half its source distance (else it
     # slides past the border anchors); ring B then stays a gap inside it
     c0 = p[2 * k :]
@@ -439,8 +437,7 @@ def head_warp_grid(
     """
     src_all, drv_all = head_mesh(src_landmarks, drv_landmarks, rings, size, size, triangles=triangles)
     grid = mesh_warp_grid(src_all, drv_all, size, triangles=triangles)
-    lin = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
-    ident = np.stack(np.meshgrid(lin, lin), axis=-1)
+    ident = identity_grid(size)
     disp = grid - ident
     sigma = SMOOTH_SIGMA * size / 256.0
     smooth = cv2.GaussianBlur(disp, (0, 0), sigma)

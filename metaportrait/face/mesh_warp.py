@@ -17,12 +17,24 @@ pixel coordinates (pixel centres at ``i + 0.5``).
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 from scipy.spatial import Delaunay
 
 _ANCHORS_PER_EDGE = 8
 _SLIVER = 0.08  # target/source area below which a fixed-connectivity triangle is not drawn
+
+
+@functools.lru_cache(maxsize=8)
+def identity_grid(size: int) -> np.ndarray:
+    """The ``size×size×2`` float32 identity sampling grid (grid_sample, align_corners=False): pixel
+    centres in [-1, 1]. Cached and read-only."""
+    lin = (np.arange(size, dtype=np.float32) + 0.5) * (2.0 / size) - 1.0
+    grid = np.stack(np.meshgrid(lin, lin), axis=-1)
+    grid.setflags(write=False)
+    return grid
 
 
 def _check_pair(src: np.ndarray, drv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -164,6 +164,17 @@ def _load_ema(ema: Any, tensors: Mapping[str, torch.Tensor], meta: dict) -> None
     ema.load_state_dict(state)
 
 
+def _open_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder that is safe and complete to read: no pickles, ``DONE`` written."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint folder")
+    refuse_pickles(path)
+    if not (path / DONE).is_file():
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {DONE} file: the save was interrupted)")
+    return path
+
+
 # ---------------------------------------------------------------------------------------- API
 def save_checkpoint(
     path: str | Path,
@@ -233,12 +244,7 @@ def load_checkpoint(
     Refuses pickles (:class:`UnsafeCheckpointError`) and incomplete or mismatched folders
     (:class:`CheckpointError`) before touching any object.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint folder")
-    refuse_pickles(path)
-    if not (path / DONE).is_file():
-        raise CheckpointError(f"{path}: incomplete checkpoint (no {DONE} file: the save was interrupted)")
+    path = _open_checkpoint(path)
     model_t = _load_tensors(path / "models.safetensors")
     for name, module in models.items():
         prefix = f"{name}."
@@ -279,12 +285,7 @@ def load_checkpoint(
 
 def load_ema(path: str | Path, ema: Any) -> dict[str, Any]:
     """Restore only the EMA weights of a checkpoint into ``ema`` (for export); return ``state.json``."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint folder")
-    refuse_pickles(path)
-    if not (path / DONE).is_file():
-        raise CheckpointError(f"{path}: incomplete checkpoint (no {DONE} file: the save was interrupted)")
+    path = _open_checkpoint(path)
     if not (path / "ema.safetensors").is_file():
         raise CheckpointError(f"{path}: the checkpoint holds no EMA weights (ema.safetensors)")
     _load_ema(ema, _load_tensors(path / "ema.safetensors"), _read_json(path / "ema.json"))
