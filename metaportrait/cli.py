@@ -38,7 +38,8 @@ def _reenact(args: argparse.Namespace) -> int:
         face=None if args.face is None else ("all" if args.face == "all" else int(args.face)),
         audio=args.audio,
     )
-    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter)
+    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter,
+                                                backend=args.backend)
     bar = tqdm(total=0, unit="frame", desc="reenact", disable=args.quiet)
 
     def progress(done: int, total: int, stage: str) -> None:
@@ -96,6 +97,8 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
                    help="which face of a photo with several people: N (1 = leftmost) or 'all' (implies --paste-back); "
                         "default: the largest")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--backend", choices=("auto", "eager", "onnx", "compile"), default="auto",
+                   help="how the networks run: auto (ONNX Runtime on the CPU, PyTorch on a GPU) | eager | onnx | compile")
     p.add_argument("--max-seconds", type=float, default=None, help="use only the first N seconds of the driving video")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-visible-label", action="store_true",

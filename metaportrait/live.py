@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="output face crop (256 keeps the camera rate on a CPU)")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--backend", choices=("auto", "eager", "onnx", "compile"), default="auto", help="auto | eager | onnx | compile (see reenact)")
     args = ap.parse_args(argv)
     output = check_output_path(args.output) if args.output else None
     sinks = []
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise MetaPortraitError("--show needs a display (none found); write --output instead")
     options = ReenactOptions(parts=tuple(args.parts.split(",")), eyes=args.eyes, smile=args.smile,
                              size=None if args.size == "auto" else int(args.size))
-    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device)
+    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, backend=args.backend)
     source = pipe.prepare_source(args.source)
     frames, fps = camera_frames(args.camera, args.seconds)
     writer = VideoWriter(output, fps=fps) if output else None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from contextlib import nullcontext
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -63,6 +62,7 @@ from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
 from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
+from metaportrait.runtime import Backend, GeneratorRuntime, resolve_backend
 from metaportrait.models.identity_encoder import IdentityEncoder
 from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
@@ -343,6 +343,7 @@ class MetaPortraitPipeline:
         *,
         device: str | torch.device = "cpu",
         limits: InputLimits = DEFAULT_LIMITS,
+        backend: Backend = "auto",
     ) -> None:
         self.device = torch.device(device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
@@ -353,6 +354,10 @@ class MetaPortraitPipeline:
         # networks that provably add nothing to the mesh-warp prior (zero flow and residual heads, as
         # the embedded weights ship) are skipped: same output, ~3× faster on a CPU
         self.geometry_only = bool(generator.is_geometry_only())
+        # how the networks run when they do (metaportrait/runtime.py: ONNX Runtime on the CPU); the
+        # runtime is built on first use (the ONNX export takes about half a second)
+        self.backend = resolve_backend(backend, self.device)
+        self._runtime: GeneratorRuntime | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -364,12 +369,14 @@ class MetaPortraitPipeline:
         identity_encoder: str | Path | None = None,
         adapter: str | Path | None = None,
         limits: InputLimits = DEFAULT_LIMITS,
+        backend: Backend = "auto",
     ) -> MetaPortraitPipeline:
         """Load from a pipeline folder, a single generator folder or a Hub repo id (strict).
 
         ``weights=None`` uses ``$METAPORTRAIT_WEIGHTS`` when set, else the embedded ``weights/`` folder
         of a source checkout (a wheel has none: then pass a folder or a Hub repo id);
-        ``adapter`` is a personalization adapter folder (``metaportrait personalize``).
+        ``adapter`` is a personalization adapter folder (``metaportrait personalize``); ``backend``
+        chooses how the networks run (:mod:`metaportrait.runtime`: ``"auto"`` = ONNX Runtime on the CPU).
         """
         from metaportrait.identity import load_identity_encoder
 
@@ -393,7 +400,7 @@ class MetaPortraitPipeline:
         encoder = load_identity_encoder(identity_encoder)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(generator, encoder, device=device, limits=limits)
+        return cls(generator, encoder, device=device, limits=limits, backend=backend)
 
     # ------------------------------------------------------------------ source
     def prepare_source(self, image: str | Path | np.ndarray, analyzer: FaceAnalyzer | None = None) -> SourceFace:
@@ -500,16 +507,11 @@ class MetaPortraitPipeline:
         if self.use_prior:
             grids = [self.prior_grid(source, lm, full_head) for lm in driving_landmarks]
             prior = torch.from_numpy(np.stack(grids)).to(self.device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
-        with autocast:
-            out = self.generator(src, ls, ld, source.identity.expand(n, -1), prior_grid=prior)
-        grid = out.grid.float().cpu().numpy()
-        residual = None
-        if out.residual is not None:
-            res = out.residual.float()
-            if float(res.abs().max()) > 0:
-                residual = res.permute(0, 2, 3, 1).cpu().numpy()
-        return grid, residual
+        if self._runtime is None:
+            self._runtime = GeneratorRuntime(self.generator, self.backend)
+        grid, res = self._runtime(src, ls, ld, source.identity.expand(n, -1), prior)
+        residual = res.permute(0, 2, 3, 1).cpu().numpy() if float(res.abs().max()) > 0 else None
+        return grid.cpu().numpy(), residual
 
     def generate(
         self, source: SourceFace, driving_landmarks: list[np.ndarray], size: int | None = None, full_head: bool = True
