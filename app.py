@@ -279,7 +279,8 @@ def upscale(video: str | None, progress: gr.Progress = gr.Progress()) -> tuple[s
     try:
         progress(0.0, desc="Loading the super-resolution model")
         model = load_sr_model(WEIGHTS)
-        upscale_video(video, out, model=model, progress=stage("1/2 Upscaling to 512²"), limits=LIMITS)
+        upscale_video(video, out, model=model, progress=stage("1/2 Upscaling to 512²"), limits=LIMITS,
+                      report=gr.Info)
         compare_video(video, cmp, model=model, progress=stage("2/2 Side-by-side with bicubic"), limits=LIMITS)
     except MetaPortraitError as exc:
         raise gr.Error(_friendly(exc, video)) from exc

@@ -172,8 +172,13 @@ def _face_crop(source: str | Path, size: int, limits):
 
 def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path | None = None,
                   model: TemporalSuperResolution | None = None, device: str | None = None,
-                  progress=None, limits=None, face: str = "auto") -> Path:
+                  progress=None, limits=None, face: str = "auto", report=None) -> Path:
     """Temporal super-resolution of a face video, keeping fps and audio. Nothing is written on error.
+
+    SR runs only where it can add something: when the face (the square video, or the face box of a
+    whole video) already has at least ``out_size`` pixels across, the network's ``in_size`` input
+    would throw detail away, so the frames are resampled from the video itself instead and
+    ``report`` (a callable taking one line of text) is told why SR was skipped.
 
     ``face``:
 
@@ -201,10 +206,19 @@ def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path
     if mode == "auto":
         mode = "whole" if info.width == info.height else "paste"
     crop = None
+    out_size = model.config.out_size
     if mode in ("crop", "paste"):
         from metaportrait.face import CropTransform
 
         crop = _face_crop(source, size, limits)
+        pixels = crop.side
+    else:
+        pixels = float(min(info.width, info.height))
+    use_sr = pixels < out_size
+    if not use_sr and report is not None:
+        report(f"super-resolution skipped: the face is {pixels:.0f} px across in {Path(source).name}, already at "
+               f"least the {out_size} px SR would give; the frames are resampled from the video itself")
+    if mode in ("crop", "paste"):
         big = (int(round(info.width * factor)), int(round(info.height * factor)))
         if max(big) > 3840:
             raise InvalidVideoError(f"{Path(source).name} is {info.width}×{info.height}; pasted back at "
@@ -223,11 +237,24 @@ def upscale_video(source: str | Path, output: str | Path, *, weights: str | Path
             else:
                 yield f if f.shape[0] == size else cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
 
-    done = 0
-    with VideoWriter(output, fps=info.fps, audio_from=source if info.has_audio else None,
-                     metadata={"title": "metaportrait temporal super-resolution"}) as writer:
-        for frame in upscale_frames(model, frames(), device=device):
+    def resampled():  # SR skipped: the face already has the pixels
+        for f in iter_frames(source, limits=limits):
             if mode == "paste":
+                originals.append(f)
+                yield None
+            elif crop is not None:
+                yield crop.rescaled(out_size).crop(f)
+            else:
+                yield cv2.resize(f, (out_size, out_size), interpolation=cv2.INTER_AREA)
+
+    done = 0
+    title = "metaportrait temporal super-resolution" if use_sr else "metaportrait (super-resolution skipped)"
+    with VideoWriter(output, fps=info.fps, audio_from=source if info.has_audio else None,
+                     metadata={"title": title}) as writer:
+        for frame in (upscale_frames(model, frames(), device=device) if use_sr else resampled()):
+            if mode == "paste" and frame is None:
+                frame = cv2.resize(originals.pop(0), big, interpolation=cv2.INTER_CUBIC)
+            elif mode == "paste":
                 full = originals.pop(0)
                 full = cv2.resize(full, big, interpolation=cv2.INTER_CUBIC)
                 frame = big_crop.paste_back(full, frame)
@@ -261,7 +288,7 @@ def main(argv=None) -> int:
 
     try:
         out = upscale_video(args.input, args.output, weights=args.weights, device=args.device, progress=progress,
-                            face=args.face)
+                            face=args.face, report=tqdm.write)
     finally:
         bar.close()  # before any error line
     print(f"wrote {out}")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -72,9 +73,10 @@ def test_upscale_and_compare_video(tmp_path):
     model.save_pretrained(tmp_path / "w" / "sr")
     write_model_index(tmp_path / "w", sr="sr")
     src = tmp_path / "face.mp4"
+    side = model.config.out_size - 16  # a face crop with fewer pixels than SR's output: SR runs
     with VideoWriter(src, fps=24) as w:
         for i, f in enumerate(iter_frames(EXAMPLES / "driving_franck.mp4", max_frames=12)):
-            w.write(np.ascontiguousarray(f[:, 36:324][:288, :288]))
+            w.write(cv2.resize(np.ascontiguousarray(f[:, 36:324][:288, :288]), (side, side), interpolation=cv2.INTER_AREA))
     loaded = load_sr_model(tmp_path / "w")
     out = upscale_video(src, tmp_path / "up.mp4", model=loaded)
     n, (h, w_) = _count(out)
@@ -91,11 +93,51 @@ def test_upscale_non_square_video_pastes_the_face_back(tmp_path):
     from metaportrait.superres import upscale_video
     from metaportrait.video import probe_video
 
-    model = TemporalSuperResolution(TemporalSRConfig.from_preset("tiny"))
-    out = upscale_video(EXAMPLES / "driving_franck.mp4", tmp_path / "x.mp4", model=model)
-    factor = model.config.out_size / model.config.in_size
+    from metaportrait.video import VideoWriter, iter_frames
+
+    # the tiny network at the real scale (256² → 512²): franck's face (~150 px) is smaller than 512
+    model = TemporalSuperResolution(TemporalSRConfig.from_preset("tiny", in_size=256, out_size=512))
+    clip = tmp_path / "franck12.mp4"
+    with VideoWriter(clip, fps=24) as w:
+        for f in iter_frames(EXAMPLES / "driving_franck.mp4", max_frames=12):
+            w.write(f)
+    said: list[str] = []
+    out = upscale_video(clip, tmp_path / "x.mp4", model=model, report=said.append)
+    assert said == []  # SR ran
     info = probe_video(out)
-    assert (info.width, info.height) == (round(360 * factor), round(288 * factor)) and info.num_frames == 120
+    assert (info.width, info.height) == (720, 576) and info.num_frames == 12
+
+
+@pytest.mark.parametrize("face", ["crop", "paste", "auto"])
+def test_upscale_skips_sr_where_the_face_already_has_the_pixels(tmp_path, face):
+    """SR's input is an in_size² crop: on a face that already has ≥ out_size px across it would only throw detail
+    away. Then the frames come from the video itself, and the caller is told why."""
+    import cv2
+
+    from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
+    from metaportrait.superres import upscale_video
+    from metaportrait.video import VideoWriter, iter_frames
+
+    model = TemporalSuperResolution(TemporalSRConfig.from_preset("tiny"))
+    big = tmp_path / "big.mp4"
+    frames = [cv2.resize(f[:, 36:324], (640, 640), interpolation=cv2.INTER_CUBIC)
+              for f in iter_frames(EXAMPLES / "driving_franck.mp4", max_frames=6)]
+    with VideoWriter(big, fps=24) as w:
+        for f in frames:
+            w.write(f)
+    said: list[str] = []
+    out = upscale_video(big, tmp_path / "o.mp4", model=model, face=face, report=said.append)
+    assert len(said) == 1 and "super-resolution skipped" in said[0]
+    got = list(iter_frames(out))
+    assert len(got) == 6
+    if face == "paste":  # the whole frame at the model's factor, no network in it
+        factor = model.config.out_size / model.config.in_size
+        assert got[0].shape[:2] == (round(640 * factor), round(640 * factor))
+    elif face == "auto":  # square: the whole video resampled to out_size
+        ref = cv2.resize(list(iter_frames(big))[0], (model.config.out_size,) * 2, interpolation=cv2.INTER_AREA)
+        assert np.abs(got[0].astype(int) - ref).mean() < 8  # H.264 at 64² costs ~4 levels; a random network is far off
+    else:
+        assert got[0].shape[:2] == (model.config.out_size,) * 2
 
 
 # ---------------------------------------------------------------- evaluation metrics
