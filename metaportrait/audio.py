@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from metaportrait.errors import InputTooLargeError, InvalidAudioError, NoSpeechError
+from metaportrait.video import AUDIO_FORMATS
 
 SAMPLE_RATE = 16_000
 HOP = 160  # 10 ms level frames
@@ -64,7 +65,7 @@ def _open(path: Path) -> av.container.InputContainer:
     if size > MAX_AUDIO_BYTES:
         raise InputTooLargeError(f"audio '{path}' is {size / 2**20:.0f} MiB, over the limit of {MAX_AUDIO_BYTES // 2**20} MiB")
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options={"format_whitelist": ",".join(AUDIO_FORMATS), "protocol_whitelist": "file"})
     except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
         raise InvalidAudioError(f"'{path.name}' is not an audio or video file FFmpeg can read ({e})") from e
     if not container.streams.audio:
@@ -161,6 +162,9 @@ def analyse_audio(path: str | Path, max_seconds: float = MAX_AUDIO_SECONDS) -> A
     ref, noise = percentile(0.95), percentile(0.10)
     threshold = max(SILENCE_DB, noise + 10.0)
     speech = float(hist[centres > threshold].sum()) * HOP / SAMPLE_RATE
+    if ref - noise < MIN_DYNAMIC_RANGE_DB and ref > SILENCE_DB:
+        raise NoSpeechError(f"'{path.name}' has no speech: its level varies by only {ref - noise:.1f} dB "
+                            "(a steady tone or noise; speech varies by more than 6 dB)")
     if speech < MIN_SPEECH_SECONDS or ref <= SILENCE_DB:
         raise NoSpeechError(f"'{path.name}' has no speech: {speech:.2f} s of its {duration:.1f} s are louder than "
                             f"{threshold:.0f} dBFS (loudest 5 %: {ref:.0f} dBFS)")

@@ -88,7 +88,7 @@ class SpeechFeatures:
     """
 
     def __init__(self, model: AudioToMotion, chunks: Iterator[np.ndarray], reference_db: float, fps: float,
-                 threshold_db: float, release_seconds: float = 0.12) -> None:
+                 threshold_db: float, release_seconds: float = 0.08) -> None:
         c = model.config
         self.model, self.fps, self.ref, self.threshold = model, float(fps), float(reference_db), float(threshold_db)
         self.hop, self.n_fft, self.ctx = c.hop_length, c.n_fft, c.context_frames
@@ -142,7 +142,9 @@ class SpeechFeatures:
             x = seg[max(0, centre - half): centre + half].astype(np.float64)
             level = 10.0 * math.log10(float(np.mean(x * x)) + 1e-12) if len(x) else -120.0
             raw = min(max((level - self.threshold) / 10.0, 0.0), 1.0)
-            self.gate = max(raw, self.gate * self.release)  # fast attack, ~120 ms release
+            self.gate = max(raw, self.gate * self.release)  # fast attack, ~80 ms release
+            if self.gate < 0.05:
+                self.gate = 0.0  # a tail this small snaps to the exact resting mouth
             gates[i] = self.gate
         keep = self._column(f1) * self.hop
         if keep > self.start:

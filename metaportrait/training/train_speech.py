@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--n-mels", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=96)
+    p.add_argument("--context", type=int, default=24)
+    p.add_argument("--freq-mask", type=int, default=0, help="SpecAugment: mask up to this many mel bands per sample")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if not clips:
         raise SystemExit(f"no training clips in {args.data}")
     stats = life_statistics(clips)
-    config = AudioToMotionConfig(dropout=args.dropout, **stats)
+    config = AudioToMotionConfig(dropout=args.dropout, n_mels=args.n_mels, hidden_channels=args.hidden,
+                                 context_frames=args.context, **stats)
     model = AudioToMotion(config)
 
     xs, ys, part = [], [], []
@@ -173,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         x = x_all[idx]
         x = x + torch.empty(len(idx), 1, 1).uniform_(-0.3, 0.3)  # ±6 dB gain
         x = torch.maximum(x, torch.randn(len(idx), 1, 1) * 0.3 - 2.5 + torch.randn_like(x) * 0.1)  # noise floor
+        if args.freq_mask:  # SpecAugment (Park et al. 2019): a random band of mels set to the mean
+            width = torch.randint(0, args.freq_mask + 1, (len(idx),))
+            start = (torch.rand(len(idx)) * (config.n_mels - width)).long()
+            band = torch.arange(config.n_mels)[None]
+            mask = (band >= start[:, None]) & (band < (start + width)[:, None])
+            x = torch.where(mask[:, :, None], x.mean(dim=(1, 2), keepdim=True), x)
         loss = loss_of(model(x).displacement, y_all[idx])
         opt.zero_grad()
         loss.backward()
@@ -193,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": [c["name"] for c in clips], "heldout_people": list(HELDOUT),
         "frames": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
         "pca_explained_variance": round(explained, 4), "life_statistics": stats,
-        "steps": args.steps, "weight_decay": args.weight_decay, "dropout": args.dropout, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "steps": args.steps, "n_mels": args.n_mels, "hidden": args.hidden, "context": args.context,
+        "freq_mask": args.freq_mask, "weight_decay": args.weight_decay, "dropout": args.dropout, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "best": {"step": best[2], "val_loss": round(best[0], 4), "val_mouth_r": round(best[1], 3)},
         "threads": args.threads, "seconds": round(time.perf_counter() - t_start, 1), "log": log,
     }
