@@ -154,7 +154,7 @@ def test_real_speech_gives_a_talking_video_with_the_audio(tmp_path, pipe, model,
             opening.append(mouth_opening(fa.largest(frame).landmarks))
     opening = np.asarray(opening)
     lo, hi = np.percentile(opening, 5), np.percentile(opening, 95)
-    assert hi - lo > 0.1, (lo, hi)  # the mouth opens
+    assert hi - lo > 0.05, (lo, hi)  # the mouth opens (by over 5 % of its width)
     mid = (lo + hi) / 2
     crossings = np.count_nonzero(np.diff((opening > mid).astype(int)) != 0)
     assert crossings >= 6, crossings  # ... and closes again, several times
@@ -239,3 +239,17 @@ def test_typed_text_is_spoken_offline(tmp_path):
     assert 1.0 < info.duration < 5.0 and info.speech_seconds > 0.5
     with pytest.raises(InvalidAudioError, match="no text"):
         synthesize_speech("   ")
+
+
+def test_app_talk_tab_makes_a_video_and_refuses_a_missing_speech(repo_root):
+    import gradio as gr
+
+    import app
+
+    photo = str(REPO / "examples" / "mona_lisa.jpg")
+    out = app.talk(photo, str(SPEECH), head_motion=0.5, seed=1, progress=lambda *a, **k: None)
+    assert probe_video(out).has_audio
+    with pytest.raises(gr.Error, match="upload or record speech"):
+        app.talk(photo, None, "", progress=lambda *a, **k: None)
+    config = app.demo.config
+    assert any(d.get("api_name") == "talk" for d in config["dependencies"])
