@@ -130,6 +130,53 @@ def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool
     return str(out)
 
 
+_audio_models: dict[str, object] = {}
+
+
+@gpu
+def talk(photo: str | None, audio: str | None, text: str = "", head_motion: float = 1.0, seed: int = 0,
+         parts: list[str] | None = None, hold_eyes_open: bool = False, smile: float = 0.0, use_personal: bool = False,
+         personal_zip: str | None = None, session_folder: str | None = None,
+         progress: gr.Progress = gr.Progress()) -> str:
+    """Make the photo talk: an uploaded or recorded speech file, or typed text spoken by espeak-ng."""
+    from metaportrait.speak import SpeakOptions, load_audio_model, speak, synthesize_speech
+
+    if not photo:
+        raise gr.Error("Please upload a portrait photo.")
+    if not audio and not (text or "").strip():
+        raise gr.Error("Please upload or record speech (or type a text to speak).")
+    personal = _personal_folder(use_personal, session_folder, personal_zip)
+    out = Path(tempfile.mkstemp(suffix=".mp4", dir=OUTPUT_DIR)[1])
+    out.unlink()
+    spoken = None
+    try:
+        options = SpeakOptions(head_motion=float(head_motion), seed=int(seed or 0), max_seconds=MAX_VIDEO_SECONDS,
+                               controls=ReenactOptions(parts=tuple(parts or ["all"]), smile=float(smile),
+                                                       eyes=0.7 if hold_eyes_open else None))
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
+    progress(0, desc="Loading the model")
+    try:
+        pipe = get_pipeline(personal)
+        key = str(WEIGHTS or "")
+        if key not in _audio_models:
+            _audio_models[key] = load_audio_model(WEIGHTS, device=pipe.device)
+        if not audio:
+            spoken = audio = str(synthesize_speech(text))
+
+        def report(done: int, total: int, stage: str) -> None:
+            progress((done, total) if total else None, desc="Talking", unit="frames")
+
+        speak(pipe, photo, audio, out, options, model=_audio_models[key], progress=report)
+    except MetaPortraitError as exc:
+        raise gr.Error(_friendly(exc, photo, audio or "")) from exc
+    finally:
+        if spoken:
+            Path(spoken).unlink(missing_ok=True)
+        _release_memory()
+    return str(out)
+
+
 def playable(video: str | None) -> str | None:
     """An uploaded video the browser cannot preview (e.g. FLV) is re-encoded to H.264 MP4."""
     from metaportrait.video import browser_playable, transcode_for_browser
@@ -537,6 +584,36 @@ def build_demo() -> gr.Blocks:
                              outputs=[l_out, l_state, l_stats],
                              stream_every=0.1, time_limit=600, concurrency_limit=CONCURRENCY, api_visibility="private")
                 l_calibrate.click(live_calibrate, inputs=l_state, outputs=l_state, api_visibility="private")
+            with gr.Tab("Talk", id="talk"):
+                from metaportrait.speak import espeak_available
+
+                gr.Markdown("Make a photo talk from speech: upload or record it (wav/mp3/m4a/flac, or a video's "
+                            "sound)" + (", or type a text to speak" if espeak_available() else "") + ". The mouth "
+                            "follows the speech; the head moves, blinks and raises its brows as speakers do.")
+                with gr.Row():
+                    with gr.Column():
+                        t_photo = gr.Image(label="Portrait", type="filepath", sources=["upload", "clipboard"],
+                                           elem_id="talk-photo")
+                        t_audio = gr.Audio(label=f"Speech (≤ {MAX_VIDEO_SECONDS:g} s)", sources=["upload", "microphone"],
+                                           type="filepath", elem_id="talk-audio")
+                        t_text = gr.Textbox(label="…or type what to say (spoken offline by espeak-ng)", lines=2,
+                                            visible=espeak_available(), elem_id="talk-text")
+                        t_head = gr.Slider(0, 2, value=1, step=0.1, label="Head motion (0 = still)")
+                        t_seed = gr.Number(value=0, precision=0, label="Seed (same seed, same motion)")
+                        with gr.Accordion("Motion control", open=False):
+                            t_parts = gr.CheckboxGroup(["all", "head", "expression", "eyes", "lips"], value=["all"],
+                                                       label="Which motion to keep")
+                            t_eyes = gr.Checkbox(label="Keep the eyes open", value=False)
+                            t_smile = gr.Slider(-1, 1, value=0, step=0.05, label="Add a smile")
+                        t_run = gr.Button("Talk", variant="primary")
+                    with gr.Column():
+                        t_out = gr.Video(label="Result", autoplay=True, interactive=False, buttons=["download"],
+                                         elem_id="talk-result")
+                gr.Examples(examples=[[str(EXAMPLES / "mona_lisa.jpg"), str(EXAMPLES / "driving_speech.mp4")]],
+                            inputs=[t_photo, t_audio], example_labels=["Mona Lisa speaking a man's words"])
+                t_run.click(talk, inputs=[t_photo, t_audio, t_text, t_head, t_seed, t_parts, t_eyes, t_smile,
+                                          use_personal, personal_zip, adapter_state],
+                            outputs=t_out, api_name="talk", concurrency_limit=CONCURRENCY)
             with gr.Tab("512² SR", id="superres"):
                 gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
                             "with a side-by-side comparison against bicubic upsampling. A video that is not a square "

@@ -175,6 +175,9 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "train-fewshot": ("metaportrait.training.fewshot", "meta-learn the few-shot model of Zakharov et al. 2019"),
     "reenact-fewshot": ("metaportrait.fewshot_pipeline", "reenact a few-shot personalized model with a driving video"),
     "live": ("metaportrait.live", "animate a photo with a camera (or a video file standing in for one)"),
+    "speak": ("metaportrait.speak", "make a photo talk: a portrait + a speech recording (or typed text) -> a video"),
+    "prepare-audio": ("metaportrait.training.speech_data", "landmarks + speech of the talking clips of a prepared set"),
+    "train-audio": ("metaportrait.training.train_speech", "train the audio-to-motion model of `speak`"),
 }
 
 

@@ -19,6 +19,14 @@ class InvalidVideoError(MetaPortraitError):
     """The file is not a decodable video, is truncated, or has no frames."""
 
 
+class InvalidAudioError(MetaPortraitError):
+    """The file is not decodable audio (or a video without an audio track), is empty or corrupt."""
+
+
+class NoSpeechError(InvalidAudioError):
+    """The audio decodes but holds no speech (silence or a near-silent hum)."""
+
+
 class InputTooLargeError(MetaPortraitError):
     """An input exceeds a configured limit (pixels, duration, frame count, file size)."""
 

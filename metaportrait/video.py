@@ -68,6 +68,9 @@ VIDEO_FORMATS: tuple[str, ...] = (
     "gif",
 )
 _OPEN_OPTIONS = {"format_whitelist": ",".join(VIDEO_FORMATS), "protocol_whitelist": "file"}
+AUDIO_FORMATS: tuple[str, ...] = VIDEO_FORMATS + ("wav", "mp3", "flac", "aac")
+"""Demuxers an audio source may use: a video's or a plain audio file (wav, mp3, m4a, flac, ogg, aac)."""
+_AUDIO_OPEN_OPTIONS = {"format_whitelist": ",".join(AUDIO_FORMATS), "protocol_whitelist": "file"}
 
 # Metadata keys the MP4 muxer writes as standard iTunes tags; any other key switches the muxer
 # to QuickTime "mdta" keys so that it is kept rather than silently dropped.
@@ -129,13 +132,13 @@ class VideoInfo:
     frames_counted: bool = True
 
 
-def _open_input(path: Path, what: str) -> av.container.InputContainer:
+def _open_input(path: Path, what: str, options: dict[str, str] = _OPEN_OPTIONS) -> av.container.InputContainer:
     try:
-        return av.open(str(path), mode="r", options=_OPEN_OPTIONS)
+        return av.open(str(path), mode="r", options=options)
     except av.FFmpegError as e:
         raise InvalidVideoError(
             f"'{path}' is not a readable {what} (FFmpeg: {e}). Supported containers: MP4/MOV, "
-            "WebM/MKV, AVI, MPEG-TS, FLV, Ogg, GIF."
+            f"WebM/MKV, AVI, MPEG-TS, FLV, Ogg, GIF{', WAV, MP3, FLAC, AAC' if options is not _OPEN_OPTIONS else ''}."
         ) from e
 
 
@@ -358,7 +361,7 @@ class _AudioTrack:
 
     def __init__(self, src: Path, output: av.container.OutputContainer) -> None:
         self.src_path = src
-        self.input = _open_input(src, "audio source")
+        self.input = _open_input(src, "audio source", _AUDIO_OPEN_OPTIONS)
         try:
             in_stream = self.input.streams.audio[0]
             in_ctx = in_stream.codec_context
@@ -458,7 +461,7 @@ def _probe_audio(path: PathLike) -> Path | None:
     p = Path(path).expanduser()
     if not p.is_file():
         raise InvalidVideoError(f"audio_from '{p}' does not exist or is not a file.")
-    with _open_input(p, "audio source") as c:
+    with _open_input(p, "audio source", _AUDIO_OPEN_OPTIONS) as c:
         return p if c.streams.audio else None
 
 

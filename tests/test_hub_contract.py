@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import metaportrait.models
 from metaportrait.errors import WeightsError
+from metaportrait.models.audio_to_motion import AudioToMotionConfig
 from metaportrait.models.discriminator import discriminator_config
 from metaportrait.models.fewshot import EmbedderConfig, FewShotGeneratorConfig, ProjectionDiscriminatorConfig
 from metaportrait.models.generator import generator_config
@@ -71,6 +72,10 @@ TINY: dict[str, tuple[Callable[[], ModelConfig], Forward | None]] = {
     "Embedder": (lambda: EmbedderConfig.preset("tiny"), lambda m, c: m(_images(c.image_size), _images(c.image_size, seed=1))),
     "FewShotGenerator": (lambda: FewShotGeneratorConfig.preset("tiny"), None),
     "ProjectionDiscriminator": (lambda: ProjectionDiscriminatorConfig.preset("tiny", num_videos=3), None),
+    "AudioToMotion": (
+        lambda: AudioToMotionConfig(n_mels=16, context_frames=4, hidden_channels=8, num_coefficients=3),
+        lambda m, c: m(torch.rand(2, c.n_mels, c.window, generator=torch.Generator().manual_seed(0)) * 2 - 1),
+    ),
 }
 MODELS = {cls.__name__: cls for cls in _all_hub_models()}
 
@@ -97,7 +102,7 @@ def _build(name: str) -> HubModel:
 
 
 def test_every_hub_model_is_covered():
-    assert len(MODELS) == 10, sorted(MODELS)
+    assert len(MODELS) == 11, sorted(MODELS)
     assert set(MODELS) == set(TINY), f"HubModel subclasses without a contract entry: {set(MODELS) ^ set(TINY)}"
 
 
