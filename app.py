@@ -256,21 +256,23 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
     history: list[tuple[int, float, float]] = []
     cancel = threading.Event()
     t0 = time.perf_counter()
-    if family == "fewshot":  # Zakharov et al. 2019: fine-tune G and D on up to 8 frames (T = 8)
+    if family == "fewshot":  # Zakharov et al. 2019: fine-tune G and D on up to 32 frames (T = 32)
+        from metaportrait.fewshot_pipeline import FT_SCHEDULE
         from metaportrait.fewshot_pipeline import personalize_fewshot as run_fewshot
 
         out_dir = Path(tempfile.mkdtemp(prefix="fewshot-", dir=OUTPUT_DIR))
         try:
-            person = collect_frames(video, photos, size=256, max_frames=8, limits=LIMITS)
+            person = collect_frames(video, photos, size=256, max_frames=32, limits=LIMITS)
         except MetaPortraitError as exc:
             raise gr.Error(_friendly(exc, video or "", *photos)) from exc
 
-        def on_step(step: int, losses: dict) -> bool:
-            history.append((step, losses["loss_g"], time.perf_counter() - t0))
+        def on_step(step: int, losses: dict) -> bool:  # the content (reconstruction) term of L_G
+            history.append((step, losses["loss_content"], time.perf_counter() - t0))
             return cancel.is_set()
 
         def work():
-            return run_fewshot(person, out_dir, weights=WEIGHTS, steps=10_000, seconds=float(seconds), callback=on_step)
+            return run_fewshot(person, out_dir, weights=WEIGHTS, steps=FT_SCHEDULE.steps, seconds=float(seconds),
+                               callback=on_step)
     else:
         from metaportrait.personalize import PersonalizeOptions, load_start_generator
         from metaportrait.personalize import personalize as run_personalize
@@ -509,12 +511,13 @@ def build_demo() -> gr.Blocks:
                     with gr.Column():
                         p_video = gr.Video(label="Video of the person", sources=["upload"])
                         p_photos = gr.File(label="…or photos", file_count="multiple", file_types=["image"], value=None)
-                        p_seconds = gr.Slider(10, 120, value=30, step=5, label="Time budget (seconds)")
+                        p_seconds = gr.Slider(10, 300, value=30, step=5, label="Time budget (seconds)",
+                                              info="fewshot: its 200 fine-tuning steps take up to 5 minutes")
                         p_kind = gr.Radio(["lora", "full"], value="lora", label="Save as",
                                           info="lora: a small adapter on top of the shared weights; full: all weights")
                         p_family = gr.Radio(["metaportrait", "fewshot"], value="metaportrait", label="Model family",
-                                            info="fewshot: Zakharov et al. 2019 (up to 8 frames, fine-tuned within the "
-                                                 "time budget; the source photo is then ignored)")
+                                            info="fewshot: Zakharov et al. 2019 (up to 32 frames, fine-tuned within the "
+                                                 "time budget; the curve is the content loss; the source photo is then ignored)")
                         with gr.Row():
                             p_run = gr.Button("Personalize", variant="primary")
                             p_cancel = gr.Button("Cancel", variant="stop")

@@ -13,9 +13,10 @@ Layout of a personalized folder: ``generator/`` (a personalized ``FewShotGenerat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,41 @@ def person_tensors(person: PersonFrames, size: int) -> tuple[torch.Tensor, torch
     return to_tensor(frames), to_tensor(marks)
 
 
+@dataclass(frozen=True)
+class FineTuneSchedule:
+    """How `metaportrait personalize --family fewshot` fine-tunes (FT, Zakharov et al. 2019 §3.3).
+
+    G' (all weights and ψ', initialised to P·ê) and D' (all weights, w' = w_0 + ê and b) are trained
+    on the person's T frames with the objective the model was meta-learned with (content, adversarial
+    and feature-matching terms). Measured on the 128² embedded weights (README "Few-shot family"):
+    the meta-learned start alone is not a face of the person, these steps carry it; ``bfloat16``
+    autocast halves the step time on this CPU. ``steps`` is the budget for T = 32 within 5 minutes.
+    """
+
+    steps: int = 200
+    batch_size: int = 8
+    lr_generator: float = 5e-4
+    lr_discriminator: float = 2e-4
+    bfloat16: bool = True
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.steps, int) and self.steps >= 0 and isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"FineTuneSchedule: need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not (self.lr_generator > 0 and self.lr_discriminator > 0):
+            raise ValueError(f"FineTuneSchedule: learning rates must be > 0, got {self.lr_generator}, {self.lr_discriminator}")
+
+    def replace(self, **changes) -> FineTuneSchedule:
+        return dataclasses.replace(self, **changes)
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of :func:`metaportrait.training.fewshot.finetune_fewshot`."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr_generator": self.lr_generator,
+                "lr_discriminator": self.lr_discriminator, "autocast_dtype": torch.bfloat16 if self.bfloat16 else None}
+
+
+FT_SCHEDULE = FineTuneSchedule()
+
+
 @dataclass
 class FewShotPersonalization:
     output_dir: Path
@@ -80,29 +116,37 @@ class FewShotPersonalization:
     steps: int
     embed_seconds: float
     finetune_seconds: float
+    losses: list[dict[str, float]]
 
 
 def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
-                        steps: int = 40, feed_forward: bool = False, seconds: float | None = None,
-                        callback=None) -> FewShotPersonalization:
-    """FT (``steps`` of fine-tuning, within ``seconds`` when given) or FF (``feed_forward=True``:
-    ψ = P·ê only) on ``person``; ``callback(step, losses)`` after each step, True to stop."""
+                        steps: int | None = None, feed_forward: bool = False, seconds: float | None = None,
+                        callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+                        schedule: FineTuneSchedule = FT_SCHEDULE) -> FewShotPersonalization:
+    """FT (``schedule``; ``steps`` overrides its step count; stops early when ``seconds`` are spent) or
+    FF (``feed_forward=True``: ψ = P·ê only) on ``person``; ``callback(step, losses)`` after each
+    step (losses: ``loss_g``, ``loss_content``, ``loss_adv``, ``loss_fm``, ``loss_d``), True to stop."""
     from metaportrait.training.fewshot import finetune_fewshot
 
+    if steps is not None:
+        schedule = schedule.replace(steps=steps)
     sub = fewshot_folder(weights)
     embedder, generator, disc = load_fewshot_folder(sub)
     loss_weights = fewshot_loss_weights(sub)
     frames, marks = person_tensors(person, generator.config.image_size)
-    res = finetune_fewshot(embedder, generator, disc, frames, marks, steps=0 if feed_forward else steps,
-                           feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights, seconds=seconds,
-                           callback=callback)
+    kwargs = schedule.kwargs()
+    if feed_forward:
+        kwargs["steps"] = 0
+    res = finetune_fewshot(embedder, generator, disc, frames, marks, **kwargs, feed_forward=feed_forward,
+                           evaluate=False, loss_weights=loss_weights, seconds=seconds, callback=callback)
     out = Path(output_dir)
     res.generator.save_pretrained(out / "generator")
     np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
     (out / "person.json").write_text(json.dumps({
         "family": "fewshot", "frames": len(person), "steps": len(res.losses), "feed_forward": feed_forward,
         "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds}, indent=2))
-    return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds)
+    return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds,
+                                  res.losses)
 
 
 class FewShotPipeline:

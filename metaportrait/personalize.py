@@ -262,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--max-frames", type=int, default=64)
     ap.add_argument("--family", choices=["metaportrait", "fewshot"], default="metaportrait",
-                    help="fewshot: the model of Zakharov et al. 2019 (T frames; --steps 0 = feed-forward)")
+                    help="fewshot: the model of Zakharov et al. 2019 (T = up to --max-frames frames; fine-tuned for "
+                         "200 steps by default, --steps 0 = feed-forward, --seconds caps the time)")
     args = ap.parse_args(argv)
     if not args.video and not args.images:
         ap.error("give --video and/or --images")
@@ -275,11 +276,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.family == "fewshot":
         from metaportrait.fewshot_pipeline import personalize_fewshot
 
+        from metaportrait.fewshot_pipeline import FT_SCHEDULE
+
         person = collect_frames(args.video, args.images, size=256, max_frames=args.max_frames)
-        steps = 40 if args.steps is None else args.steps
-        res = personalize_fewshot(person, args.output, weights=args.base, steps=steps, feed_forward=steps == 0)
-        print(f"wrote {res.output_dir} (few-shot, T={res.frames}, {res.steps} steps): embedding "
-              f"{res.embed_seconds:.2f}s, fine-tuning {res.finetune_seconds:.2f}s")
+        steps = FT_SCHEDULE.steps if args.steps is None else args.steps
+        feed_forward = steps == 0
+        bar = tqdm(total=0 if feed_forward else steps, unit="step", desc="few-shot FT")
+        t_start = time.perf_counter()
+
+        def on_step(step: int, losses: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(content=f"{losses['loss_content']:.3f}", adv=f"{losses['loss_adv']:.3f}",
+                            fm=f"{losses['loss_fm']:.3f}", d=f"{losses['loss_d']:.3f}",
+                            s=f"{time.perf_counter() - t_start:.0f}")
+
+        res = personalize_fewshot(person, args.output, weights=args.base, steps=steps, feed_forward=feed_forward,
+                                  seconds=args.seconds, callback=on_step)
+        bar.close()
+        kind = "feed-forward (ψ = P·ê, no fine-tuning)" if feed_forward else f"{res.steps} fine-tuning steps"
+        print(f"wrote {res.output_dir} (few-shot, T={res.frames}, {kind}): embedding {res.embed_seconds:.2f}s, "
+              f"fine-tuning {res.finetune_seconds:.2f}s")
+        if res.losses:
+            print(f"content loss {res.losses[0]['loss_content']:.4f} -> {res.losses[-1]['loss_content']:.4f}")
         return 0
 
     generator, component, _ = load_start_generator(args.base)
