@@ -17,8 +17,9 @@ Also measured, as references: FF (feed-forward ψ = P·ê, T = 32, no fine-tunin
 ``OUT/fewshot_eval_<person>.json`` per person; ``--report`` merges them into ``OUT/fewshot_eval.md``
 and the strip ``OUT/fewshot_strip.png`` (per person: true | few-shot FT, T = 32 | MetaPortrait).
 
-``PYTHONPATH=. python benchmarks/fewshot_eval.py --people fi_RGuHfwIRKpA`` (one process per person,
-one thread each), then ``PYTHONPATH=. python benchmarks/fewshot_eval.py --report``.
+``PYTHONPATH=. python benchmarks/fewshot_eval.py --people fi_RGuHfwIRKpA --t 32 8`` (one process per
+person, one thread each; ``--t 1 --only-ft --suffix _t1`` runs T = 1 alongside), then
+``PYTHONPATH=. python benchmarks/fewshot_eval.py --report``.
 """
 
 from __future__ import annotations
@@ -105,20 +106,23 @@ def run_person(args, person: str) -> dict:
     result["schedule"]["autocast_dtype"] = str(result["schedule"]["autocast_dtype"])
 
     def save() -> None:  # after every variant, so a long run leaves its finished rows
-        (out_dir / f"fewshot_eval_{person}.json").write_text(json.dumps(result, indent=1))
+        (out_dir / f"fewshot_eval_{person}{args.suffix}.json").write_text(json.dumps(result, indent=1))
 
     with FaceAnalyzer(static_image_mode=True, max_faces=1) as analyzer:
+        variants = [("FF", 32)] + [("FT", t) for t in sorted(args.t, reverse=True)]
+        if args.only_ft:
+            variants = variants[1:]
         t0 = time.perf_counter()
         pipe = MetaPortraitPipeline.from_pretrained(device="cpu")
         s0 = first[0]
         source = pipe.source_from_crop(np.ascontiguousarray(frames[s0]), np.asarray(lms[s0], np.float32))
         mp_out = np.concatenate([pipe.generate(source, list(test_lms[i: i + 8])) for i in range(0, len(test), 8)])
-        m = score(mp_out, truths, test_lms, analyzer, encoder)
-        rows.append({"person": person, "variant": "MetaPortrait (one photo)", "T": 1, "steps": 0,
-                     "seconds": time.perf_counter() - t0, "seconds_per_step": 0.0, **m})
-        print(json.dumps(rows[-1]), flush=True)
-        save()
-        variants = [("FF", 32)] + [("FT", t) for t in sorted(args.t, reverse=True)]
+        if not args.only_ft:
+            m = score(mp_out, truths, test_lms, analyzer, encoder)
+            rows.append({"person": person, "variant": "MetaPortrait (one photo)", "T": 1, "steps": 0,
+                         "seconds": time.perf_counter() - t0, "seconds_per_step": 0.0, **m})
+            print(json.dumps(rows[-1]), flush=True)
+            save()
         for variant, t in variants:
             idx = [first[int(round(j))] for j in np.linspace(0, len(first) - 1, t)]
             person_t = PersonFrames(np.stack([np.asarray(frames[i]) for i in idx]),
@@ -142,7 +146,7 @@ def run_person(args, person: str) -> dict:
             print(json.dumps(row), flush=True)
             rows.append(row)
             save()
-            if variant == "FT" and t == max(args.t):
+            if variant == "FT" and t == 32:
                 pick = np.linspace(0, len(test) - 1, STRIP_FRAMES).round().astype(int)
                 img = np.concatenate([np.concatenate([truths[k], outs[k], mp_out[k]], axis=1) for k in pick])
                 cv2.imwrite(str(out_dir / f"fewshot_strip_{person}.png"), img[:, :, ::-1])
@@ -150,8 +154,7 @@ def run_person(args, person: str) -> dict:
 
 
 def report(out: Path) -> None:
-    results = [json.loads((out / f"fewshot_eval_{p}.json").read_text()) for p in HELDOUT
-               if (out / f"fewshot_eval_{p}.json").is_file()]
+    results = [json.loads(f.read_text()) for p in HELDOUT for f in sorted(out.glob(f"fewshot_eval_{p}*.json"))]
     if not results:
         raise SystemExit(f"no fewshot_eval_<person>.json in {out}")
     lines = ["| person | variant | T | steps | seconds (1 thread) | face detected | SFace cos | SSIM | mouth r |",
@@ -171,12 +174,12 @@ def report(out: Path) -> None:
     text = "\n".join(lines)
     print(text)
     (out / "fewshot_eval.md").write_text(text + "\n")
-    strips = [cv2.imread(str(out / f"fewshot_strip_{r['person']}.png")) for r in results]
-    strips = [s for s in strips if s is not None]
+    people = [p for p in HELDOUT if (out / f"fewshot_strip_{p}.png").is_file()]
+    strips = [cv2.imread(str(out / f"fewshot_strip_{p}.png")) for p in people]
     if strips:
         cv2.imwrite(str(out / "fewshot_strip.png"), np.concatenate(strips, axis=1))
-        for r in results:
-            (out / f"fewshot_strip_{r['person']}.png").unlink(missing_ok=True)
+        for p in people:
+            (out / f"fewshot_strip_{p}.png").unlink()
 
 
 def main() -> None:
@@ -188,6 +191,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the CLI's schedule)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--only-ft", action="store_true", help="skip the references (MetaPortrait, FF)")
+    ap.add_argument("--suffix", default="", help="appended to the per-person JSON name (parallel runs)")
     ap.add_argument("--report", action="store_true", help="merge the per-person results into a table and a strip")
     args = ap.parse_args()
     if args.report:

@@ -81,15 +81,17 @@ class FineTuneSchedule:
     G' (all weights and ψ', initialised to P·ê) and D' (all weights, w' = w_0 + ê and b) are trained
     on the person's T frames with the objective the model was meta-learned with (content, adversarial
     and feature-matching terms). Measured on the 128² embedded weights (README "Few-shot family"):
-    the meta-learned start alone is not a face of the person, these steps carry it; ``bfloat16``
-    autocast halves the step time on this CPU. ``steps`` is the budget for T = 32 within 5 minutes.
+    the meta-learned start alone is not a face of the person, these steps carry it. ``bfloat16``
+    autocast (``None``: when :func:`fast_bfloat16` says so) halves the step time on a CPU with
+    AVX512-BF16/AMX and is many times slower on one without. ``steps`` is the budget for T = 32
+    within 5 minutes of a 2-core CPU.
     """
 
     steps: int = 200
     batch_size: int = 8
     lr_generator: float = 5e-4
     lr_discriminator: float = 2e-4
-    bfloat16: bool = True
+    bfloat16: bool | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.steps, int) and self.steps >= 0 and isinstance(self.batch_size, int) and self.batch_size >= 1):
@@ -100,10 +102,25 @@ class FineTuneSchedule:
     def replace(self, **changes) -> FineTuneSchedule:
         return dataclasses.replace(self, **changes)
 
-    def kwargs(self) -> dict:
-        """Keyword arguments of :func:`metaportrait.training.fewshot.finetune_fewshot`."""
+    def kwargs(self, device: str | torch.device = "cpu") -> dict:
+        """Keyword arguments of :func:`metaportrait.training.fewshot.finetune_fewshot` on ``device``."""
+        bf16 = fast_bfloat16(device) if self.bfloat16 is None else self.bfloat16
         return {"steps": self.steps, "batch_size": self.batch_size, "lr_generator": self.lr_generator,
-                "lr_discriminator": self.lr_discriminator, "autocast_dtype": torch.bfloat16 if self.bfloat16 else None}
+                "lr_discriminator": self.lr_discriminator, "autocast_dtype": torch.bfloat16 if bf16 else None}
+
+
+def fast_bfloat16(device: str | torch.device = "cpu") -> bool:
+    """bf16 autocast pays on CUDA and on CPUs with AVX512-BF16 or AMX (Linux ``/proc/cpuinfo`` flags)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 FT_SCHEDULE = FineTuneSchedule()
@@ -134,7 +151,7 @@ def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights
     embedder, generator, disc = load_fewshot_folder(sub)
     loss_weights = fewshot_loss_weights(sub)
     frames, marks = person_tensors(person, generator.config.image_size)
-    kwargs = schedule.kwargs()
+    kwargs = schedule.kwargs(generator.P.device)
     if feed_forward:
         kwargs["steps"] = 0
     res = finetune_fewshot(embedder, generator, disc, frames, marks, **kwargs, feed_forward=feed_forward,
@@ -144,7 +161,8 @@ def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights
     np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
     (out / "person.json").write_text(json.dumps({
         "family": "fewshot", "frames": len(person), "steps": len(res.losses), "feed_forward": feed_forward,
-        "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds}, indent=2))
+        "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds,
+        "schedule": {**dataclasses.asdict(schedule), "bfloat16": kwargs["autocast_dtype"] is not None}}, indent=2))
     return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds,
                                   res.losses)
 
