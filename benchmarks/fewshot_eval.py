@@ -153,6 +153,36 @@ def run_person(args, person: str) -> dict:
     return result
 
 
+def time_schedule(args) -> None:
+    """Seconds per FT step at T = 32 (``--time-steps`` steps after one warm-up step) and the
+    schedule's projected time; also without bf16 autocast for comparison."""
+    import os
+
+    from metaportrait.fewshot_pipeline import FT_SCHEDULE, fewshot_loss_weights, load_fewshot_folder, person_tensors
+    from metaportrait.person import PersonFrames
+    from metaportrait.training.fewshot import finetune_fewshot
+    from metaportrait.training.prepared import PreparedData
+
+    data = PreparedData(args.data)
+    clip = person_clip(data, args.people[0])
+    idx = np.linspace(0, 191, 32).round().astype(int)
+    person = PersonFrames(np.stack([np.asarray(data.frames(clip)[i]) for i in idx]),
+                          np.stack([np.asarray(data.landmarks(clip)[i], np.float32) for i in idx]))
+    emb, gen, disc = load_fewshot_folder(Path(args.weights))
+    f, y = person_tensors(person, gen.config.image_size)
+    print(f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}")
+    for bf16 in (True, False):
+        kw = FT_SCHEDULE.replace(bfloat16=bf16, steps=1).kwargs()
+        finetune_fewshot(emb, gen, disc, f, y, **kw, loss_weights=fewshot_loss_weights(Path(args.weights)),
+                         evaluate=False)
+        kw["steps"] = args.time_steps
+        res = finetune_fewshot(emb, gen, disc, f, y, **kw, loss_weights=fewshot_loss_weights(Path(args.weights)),
+                               evaluate=False)
+        print(f"bf16 autocast {bf16}: {res.seconds_per_step:.2f} s/step, embedding {res.embed_seconds:.2f} s; "
+              f"{FT_SCHEDULE.steps} steps -> {res.embed_seconds + FT_SCHEDULE.steps * res.seconds_per_step:.0f} s")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
 def report(out: Path) -> None:
     results = [json.loads(f.read_text()) for p in HELDOUT for f in sorted(out.glob(f"fewshot_eval_{p}*.json"))]
     if not results:
@@ -177,7 +207,8 @@ def report(out: Path) -> None:
     people = [p for p in HELDOUT if (out / f"fewshot_strip_{p}.png").is_file()]
     strips = [cv2.imread(str(out / f"fewshot_strip_{p}.png")) for p in people]
     if strips:
-        cv2.imwrite(str(out / "fewshot_strip.png"), np.concatenate(strips, axis=1))
+        strip = np.concatenate(strips, axis=1)  # half size: the file stays small enough to commit
+        cv2.imwrite(str(out / "fewshot_strip.png"), cv2.resize(strip, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
         for p in people:
             (out / f"fewshot_strip_{p}.png").unlink()
 
@@ -193,12 +224,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--only-ft", action="store_true", help="skip the references (MetaPortrait, FF)")
     ap.add_argument("--suffix", default="", help="appended to the per-person JSON name (parallel runs)")
+    ap.add_argument("--time-steps", type=int, default=0, help="only time this many FT steps at T = 32")
     ap.add_argument("--report", action="store_true", help="merge the per-person results into a table and a strip")
     args = ap.parse_args()
     if args.report:
         report(Path(args.out))
         return
     torch.set_num_threads(args.threads)
+    if args.time_steps:
+        time_schedule(args)
+        return
     for person in args.people:
         run_person(args, person)
 
