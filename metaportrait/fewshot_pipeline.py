@@ -13,10 +13,8 @@ Layout of a personalized folder: ``generator/`` (a personalized ``FewShotGenerat
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -26,7 +24,6 @@ import torch
 from metaportrait.errors import WeightsError
 from metaportrait.face import CropTransform, FaceAnalyzer, draw_landmark_image, transfer_landmarks
 from metaportrait.io import DEFAULT_LIMITS, InputLimits
-from metaportrait.person import PersonFrames
 from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
 
@@ -52,57 +49,6 @@ def load_fewshot_folder(sub: Path):
 
     return (Embedder.from_pretrained(sub / "embedder"), FewShotGenerator.from_pretrained(sub / "generator"),
             ProjectionDiscriminator.from_pretrained(sub / "discriminator"))
-
-
-def fewshot_loss_weights(folder: Path):
-    """The loss weights the few-shot models in ``folder`` were trained with (``training_config.json``),
-    so fine-tuning optimises the same objective; the paper's weights when the file is absent."""
-    from metaportrait.training.fewshot import FewShotLossWeights
-
-    cfg = Path(folder) / "training_config.json"
-    if cfg.is_file():
-        return FewShotLossWeights(**json.loads(cfg.read_text()).get("loss_weights", {}))
-    return FewShotLossWeights()
-
-
-def person_tensors(person: PersonFrames, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames and landmark images of ``person`` at the few-shot generator's size, in [-1, 1]."""
-    scale = size / person.frames.shape[1]
-    frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in person.frames])
-    marks = np.stack([draw_landmark_image(lm * scale, size) for lm in person.landmarks])
-    return to_tensor(frames), to_tensor(marks)
-
-
-@dataclass
-class FewShotPersonalization:
-    output_dir: Path
-    frames: int
-    steps: int
-    embed_seconds: float
-    finetune_seconds: float
-
-
-def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
-                        steps: int = 40, feed_forward: bool = False, seconds: float | None = None,
-                        callback=None) -> FewShotPersonalization:
-    """FT (``steps`` of fine-tuning, within ``seconds`` when given) or FF (``feed_forward=True``:
-    ψ = P·ê only) on ``person``; ``callback(step, losses)`` after each step, True to stop."""
-    from metaportrait.training.fewshot import finetune_fewshot
-
-    sub = fewshot_folder(weights)
-    embedder, generator, disc = load_fewshot_folder(sub)
-    loss_weights = fewshot_loss_weights(sub)
-    frames, marks = person_tensors(person, generator.config.image_size)
-    res = finetune_fewshot(embedder, generator, disc, frames, marks, steps=0 if feed_forward else steps,
-                           feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights, seconds=seconds,
-                           callback=callback)
-    out = Path(output_dir)
-    res.generator.save_pretrained(out / "generator")
-    np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
-    (out / "person.json").write_text(json.dumps({
-        "family": "fewshot", "frames": len(person), "steps": len(res.losses), "feed_forward": feed_forward,
-        "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds}, indent=2))
-    return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds)
 
 
 class FewShotPipeline:

@@ -41,8 +41,9 @@ def fewshot_weights(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("feed_forward", [True, False])
 def test_fewshot_personalize_and_reenact(fewshot_weights, tmp_path, feed_forward):
-    from metaportrait.fewshot_pipeline import FewShotPipeline, personalize_fewshot
-    from metaportrait.personalize import collect_frames
+    from metaportrait.fewshot_pipeline import FewShotPipeline
+    from metaportrait.training.fewshot_finetune import personalize_fewshot
+    from metaportrait.person import collect_frames
 
     person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=256, max_frames=8)
     res = personalize_fewshot(person, tmp_path / "me", weights=fewshot_weights, steps=2, feed_forward=feed_forward)
