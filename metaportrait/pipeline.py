@@ -72,11 +72,10 @@ from metaportrait.pipeline_types import (
     ReenactOptions,
     ReenactResult,
     SourceFace,
-    _check_controls,
     is_video_path,
 )
 from metaportrait.render import draw
-from metaportrait.tracking import _EYE_POINTS, LandmarkTracker
+from metaportrait.tracking import LandmarkTracker
 
 logger = logging.getLogger(__name__)
 
