@@ -196,6 +196,20 @@ def test_the_package_has_no_import_cycles():
     )
 
 
+# -- module size -------------------------------------------------------------------------------------
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_over_600_lines():
+    """A module a reader can hold in their head: split a longer one along a real seam (and re-export
+    the moved names where callers import them)."""
+    modules = package_modules()
+    assert len(modules) > 50
+    long = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, (path, _) in modules.items()}
+    long = {name: n for name, n in long.items() if n > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {dict(sorted(long.items()))}"
+
+
 # -- layering: inference does not import training ----------------------------------------------------
 # Modules that are not inference: the training code, the evaluation protocols (they read prepared
 # training data) and the module that re-exports personalization's old names.

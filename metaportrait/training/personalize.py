@@ -27,7 +27,7 @@ import torch
 
 from metaportrait.person import PersonFrames, collect_frames
 from metaportrait.tensors import to_uint8
-from metaportrait.training.datasets import collate_pairs, make_pair
+from metaportrait.training.samples import collate_pairs, make_pair
 
 ProgressFn = Callable[[int, float, float], bool | None]
 """``progress(step, loss, elapsed_seconds)``; returning True stops early."""
