@@ -100,8 +100,12 @@ def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool
         from metaportrait.fewshot_pipeline import FewShotPipeline
 
         progress(0, desc="Animating with the few-shot model")
+
+        def report_fewshot(done: int, total: int, stage: str) -> None:
+            progress((done, total) if total else None, desc="Animating", unit="frames")
+
         try:
-            FewShotPipeline(personal, limits=LIMITS).reenact(driving, out)
+            FewShotPipeline.from_pretrained(personal, limits=LIMITS).reenact(driving, out, progress=report_fewshot)
         except MetaPortraitError as exc:
             raise gr.Error(_friendly(exc, driving)) from exc
         return str(out)

@@ -244,6 +244,7 @@ def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights
     res.generator.save_pretrained(out / "generator")
     np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
     (out / "person.json").write_text(json.dumps({
-        "family": "fewshot", "frames": len(person), "steps": len(res.losses), "feed_forward": feed_forward,
+        "family": "fewshot", "frames": len(person), "size": int(person.frames.shape[1]), "steps": len(res.losses),
+        "feed_forward": feed_forward,
         "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds}, indent=2))
     return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds)
