@@ -1,18 +1,28 @@
 """Few-shot fine-tuning on a new person (Zakharov et al. 2019 §3.3; the FF variant with
-``feed_forward=True``). Re-exported by :mod:`metaportrait.training.fewshot`."""
+``feed_forward=True``). Re-exported by :mod:`metaportrait.training.fewshot`.
+
+:func:`personalize_fewshot` is the few-shot family's personalization: it fine-tunes on a person's
+frames and writes the folder :class:`~metaportrait.fewshot_pipeline.FewShotPipeline` loads."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
+from metaportrait.face import draw_landmark_image
+from metaportrait.fewshot_pipeline import fewshot_folder, load_fewshot_folder
 from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
+from metaportrait.person import PersonFrames
+from metaportrait.tensors import to_tensor
 from metaportrait.training.fewshot_config import FewShotLossWeights, _check_compatible
 from metaportrait.training.fewshot_losses import ContentLoss
 from metaportrait.training.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
@@ -189,3 +199,52 @@ def finetune_fewshot(
     return FineTuneResult(generator=g_p, discriminator=d_p, embedding=e_new, losses=losses,
                           content_loss_before=before, content_loss_after=after,
                           embed_seconds=embed_seconds, finetune_seconds=finetune_seconds)
+
+
+# -- personalization of the few-shot family -------------------------------------------------------
+def fewshot_loss_weights(folder: Path):
+    """The loss weights the few-shot models in ``folder`` were trained with (``training_config.json``),
+    so fine-tuning optimises the same objective; the paper's weights when the file is absent."""
+    cfg = Path(folder) / "training_config.json"
+    if cfg.is_file():
+        return FewShotLossWeights(**json.loads(cfg.read_text()).get("loss_weights", {}))
+    return FewShotLossWeights()
+
+
+def person_tensors(person: PersonFrames, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames and landmark images of ``person`` at the few-shot generator's size, in [-1, 1]."""
+    scale = size / person.frames.shape[1]
+    frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in person.frames])
+    marks = np.stack([draw_landmark_image(lm * scale, size) for lm in person.landmarks])
+    return to_tensor(frames), to_tensor(marks)
+
+
+@dataclass
+class FewShotPersonalization:
+    output_dir: Path
+    frames: int
+    steps: int
+    embed_seconds: float
+    finetune_seconds: float
+
+
+def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
+                        steps: int = 40, feed_forward: bool = False, seconds: float | None = None,
+                        callback=None) -> FewShotPersonalization:
+    """FT (``steps`` of fine-tuning, within ``seconds`` when given) or FF (``feed_forward=True``:
+    ψ = P·ê only) on ``person``; ``callback(step, losses)`` after each step, True to stop."""
+    sub = fewshot_folder(weights)
+    embedder, generator, disc = load_fewshot_folder(sub)
+    loss_weights = fewshot_loss_weights(sub)
+    frames, marks = person_tensors(person, generator.config.image_size)
+    res = finetune_fewshot(embedder, generator, disc, frames, marks, steps=0 if feed_forward else steps,
+                           feed_forward=feed_forward, evaluate=False, loss_weights=loss_weights, seconds=seconds,
+                           callback=callback)
+    out = Path(output_dir)
+    res.generator.save_pretrained(out / "generator")
+    np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
+    (out / "person.json").write_text(json.dumps({
+        "family": "fewshot", "frames": len(person), "size": int(person.frames.shape[1]), "steps": len(res.losses),
+        "feed_forward": feed_forward,
+        "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds}, indent=2))
+    return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds)
