@@ -100,8 +100,12 @@ def reenact(source: str | None, driving: str | None, mode: str, paste_back: bool
         from metaportrait.fewshot_pipeline import FewShotPipeline
 
         progress(0, desc="Animating with the few-shot model")
+
+        def report_fewshot(done: int, total: int, stage: str) -> None:
+            progress((done, total) if total else None, desc="Animating", unit="frames")
+
         try:
-            FewShotPipeline(personal, limits=LIMITS).reenact(driving, out)
+            FewShotPipeline.from_pretrained(personal, limits=LIMITS).reenact(driving, out, progress=report_fewshot)
         except MetaPortraitError as exc:
             raise gr.Error(_friendly(exc, driving)) from exc
         return str(out)
@@ -246,7 +250,7 @@ def _loss_plot(history: list):
 def personalize(video: str | None, photos: list[str] | None = None, seconds: float = 30, adapter_kind: str = "lora",
                 family: str = "metaportrait"):
     """Fine-tune on the uploaded person within ``seconds``; streams (loss plot, before, after, .zip, folder)."""
-    from metaportrait.personalize import collect_frames
+    from metaportrait.person import collect_frames
 
     if family not in ("metaportrait", "fewshot"):
         raise gr.Error(f"unknown model family {family!r}")
@@ -257,8 +261,8 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
     cancel = threading.Event()
     t0 = time.perf_counter()
     if family == "fewshot":  # Zakharov et al. 2019: fine-tune G and D on up to 32 frames (T = 32)
-        from metaportrait.fewshot_pipeline import FT_SCHEDULE
-        from metaportrait.fewshot_pipeline import personalize_fewshot as run_fewshot
+        from metaportrait.training.fewshot_finetune import FT_SCHEDULE
+        from metaportrait.training.fewshot_finetune import personalize_fewshot as run_fewshot
 
         out_dir = Path(tempfile.mkdtemp(prefix="fewshot-", dir=OUTPUT_DIR))
         try:
@@ -274,8 +278,8 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
             return run_fewshot(person, out_dir, weights=WEIGHTS, steps=FT_SCHEDULE.steps, seconds=float(seconds),
                                callback=on_step)
     else:
-        from metaportrait.personalize import PersonalizeOptions, load_start_generator
-        from metaportrait.personalize import personalize as run_personalize
+        from metaportrait.training.personalize import PersonalizeOptions, load_start_generator
+        from metaportrait.training.personalize import personalize as run_personalize
 
         try:
             generator, component, _ = load_start_generator(WEIGHTS)

@@ -72,7 +72,8 @@ def score(outputs: np.ndarray, truths: np.ndarray, driver_lms: np.ndarray, analy
 
 def run_person(args, person: str) -> dict:
     from metaportrait.face import FaceAnalyzer
-    from metaportrait.fewshot_pipeline import FT_SCHEDULE, fewshot_loss_weights, load_fewshot_folder, person_tensors
+    from metaportrait.fewshot_pipeline import load_fewshot_folder
+    from metaportrait.training.fewshot_finetune import FT_SCHEDULE, fewshot_loss_weights, person_tensors
     from metaportrait.identity import load_identity_encoder
     from metaportrait.person import PersonFrames
     from metaportrait.pipeline import MetaPortraitPipeline
@@ -158,7 +159,8 @@ def time_schedule(args) -> None:
     schedule's projected time; also without bf16 autocast for comparison."""
     import os
 
-    from metaportrait.fewshot_pipeline import FT_SCHEDULE, fewshot_loss_weights, load_fewshot_folder, person_tensors
+    from metaportrait.fewshot_pipeline import load_fewshot_folder
+    from metaportrait.training.fewshot_finetune import FT_SCHEDULE, fewshot_loss_weights, person_tensors
     from metaportrait.person import PersonFrames
     from metaportrait.training.fewshot import finetune_fewshot
     from metaportrait.training.prepared import PreparedData

@@ -1,4 +1,4 @@
-"""Generator runtimes side by side: eager PyTorch, channels_last, ONNX Runtime and torch.compile.
+"""Generator runtimes side by side: eager PyTorch (fp32, bf16 autocast), channels_last, ONNX Runtime, torch.compile.
 
 The embedded demo generator with its flow and residual heads made non-zero (as a personalized
 adapter makes them; with zero heads the pipeline skips the networks altogether), timed per frame at
@@ -38,7 +38,7 @@ def main() -> None:
         gen.warping.flow_head.weight.normal_(0, 1e-3)
         gen.refinement.head.weight.normal_(0, 1e-2)
     s = gen.config.image_size
-    backends = ["eager", "channels_last", "onnx"] + ([] if args.no_compile else ["compile"])
+    backends = ["eager", "eager_bf16", "channels_last", "onnx"] + ([] if args.no_compile else ["compile"])
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         g = torch.Generator().manual_seed(batch)
@@ -47,7 +47,14 @@ def main() -> None:
         ref = None
         for name in backends:
             t0 = time.perf_counter()
-            if name == "channels_last":
+            if name == "eager_bf16":  # bf16 autocast on the CPU (fast only where the CPU has bf16 units)
+                eager = GeneratorRuntime(gen, "eager")
+
+                def run(*a, _e=eager):
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        return tuple(t.float() for t in _e(*a))
+                inputs = x
+            elif name == "channels_last":
                 run = GeneratorRuntime(gen.to(memory_format=torch.channels_last), "eager")
                 inputs = [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 and t.shape[1] == 3 else t
                           for t in x]

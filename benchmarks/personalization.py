@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 
 def heldout_person(data_dir: Path, clip_index: int = 0):
-    from metaportrait.personalize import PersonFrames
+    from metaportrait.person import PersonFrames
 
     manifest = json.loads((data_dir / "manifest.json").read_text())
     clips = [c for c in manifest["clips"] if c["split"] == "heldout_identity"]
@@ -58,7 +58,8 @@ def run_curve(name, generator, objective, train, test, seconds: float, eval_ever
     """Fine-tune as `metaportrait personalize` does: every 8th personalization frame is held back as
     its validation split (never trained on). Each curve point is (steps, training seconds, test L1,
     test PSNR, validation L1); the test frames are the clip's later half."""
-    from metaportrait.personalize import PersonFrames, PersonPairs, PersonalizeOptions, heldout_errors, split_validation
+    from metaportrait.person import PersonFrames
+    from metaportrait.training.personalize import PersonPairs, PersonalizeOptions, heldout_errors, split_validation
     from metaportrait.training.reptile import adapt
 
     fit_idx, val_idx = split_validation(len(train), PersonalizeOptions().validation_fraction)
@@ -127,7 +128,7 @@ def main() -> None:
 
     from metaportrait.identity import load_identity_encoder
     from metaportrait.models.generator import MetaPortraitGenerator
-    from metaportrait.personalize import PersonalizeOptions
+    from metaportrait.training.personalize import PersonalizeOptions
     from metaportrait.training.objective import GeneratorObjective, ObjectiveConfig
     from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
 
@@ -194,7 +195,8 @@ def main() -> None:
 def fewshot_rows(folder: Path, train, test) -> list[dict]:
     """Few-shot family (Zakharov et al.): FT and FF at T = 1, 8, 32: time and held-out L1."""
     from metaportrait.face import draw_landmark_image
-    from metaportrait.fewshot_pipeline import fewshot_loss_weights, load_fewshot_folder
+    from metaportrait.fewshot_pipeline import load_fewshot_folder
+    from metaportrait.training.fewshot_finetune import fewshot_loss_weights
     from metaportrait.training.fewshot import finetune_fewshot
 
     weights = fewshot_loss_weights(folder)

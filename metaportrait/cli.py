@@ -169,7 +169,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "train-base": ("metaportrait.training.train_base", "train the base model (warping, then warping + refinement)"),
     "evaluate": ("metaportrait.evaluation.reenactment", "evaluate weights against no-motion and the mesh warp"),
     "meta-train": ("metaportrait.training.meta_train", "Reptile meta-learning of a personalizable initialisation"),
-    "personalize": ("metaportrait.personalize", "adapt the model to one person in seconds (adapter or full)"),
+    "personalize": ("metaportrait.training.personalize", "adapt the model to one person in seconds (adapter or full)"),
     "train-sr": ("metaportrait.training.train_sr", "train the temporal super-resolution network"),
     "upscale": ("metaportrait.superres", "upscale a 256² face video to 512² (temporal super-resolution)"),
     "train-fewshot": ("metaportrait.training.fewshot", "meta-learn the few-shot model of Zakharov et al. 2019"),

@@ -1,13 +1,17 @@
-"""Few-shot family (Zakharov et al. 2019; docs/METHOD.md §10) at inference: personalize on T frames, then reenact.
+"""Few-shot family (Zakharov et al. 2019; docs/METHOD.md §10) at inference: reenact a personalized generator.
 
 A personalized few-shot generator G'(y) holds the person's identity in its AdaIN parameters
 ψ' (initialised to P·ê, then optionally fine-tuned); it renders a face from a landmark image
 y alone. Reenactment therefore needs no source photo: the driving landmarks are moved onto the
 person's own face (``relative`` mode, reference = the person's first frame), drawn, and
-rendered; frames are upsampled from the generator's size to 256² for the video.
+rendered; frames are upsampled from the generator's size to the person's crop size (``size`` in
+``person.json``, 256) or ``ReenactOptions.size`` for the video. Driving landmarks are tracked
+and One-Euro smoothed as in the MetaPortrait pipeline (:class:`~metaportrait.tracking.LandmarkTracker`).
 
-Layout of a personalized folder: ``generator/`` (a personalized ``FewShotGenerator``),
-``person.json`` (T, steps, timings) and ``reference_landmarks.npy`` (478×2 at 256²).
+Layout of a personalized folder (written by
+:func:`~metaportrait.training.fewshot_finetune.personalize_fewshot`): ``generator/`` (a
+personalized ``FewShotGenerator``), ``person.json`` (T, steps, timings, ``size``: the crop side)
+and ``reference_landmarks.npy`` (478×2 in pixels of that crop).
 """
 
 from __future__ import annotations
@@ -16,20 +20,22 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from metaportrait.errors import WeightsError
-from metaportrait.face import CropTransform, FaceAnalyzer, draw_landmark_image, transfer_landmarks
+from metaportrait.errors import InputTooLargeError, NoFaceError, WeightsError
+from metaportrait.face import draw_landmark_image, transfer_landmarks
 from metaportrait.io import DEFAULT_LIMITS, InputLimits
-from metaportrait.person import PersonFrames
+from metaportrait.models.fewshot import FewShotGenerator
+from metaportrait.pipeline_types import ProgressCallback, ReenactOptions, ReenactResult
 from metaportrait.tensors import to_tensor, to_uint8
-from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
+from metaportrait.tracking import LandmarkTracker
+from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
 
 
 def fewshot_folder(weights: str | Path | None) -> Path:
@@ -49,171 +55,160 @@ def load_fewshot(weights: str | Path | None):
 
 def load_fewshot_folder(sub: Path):
     """(embedder, generator, discriminator) from a ``fewshot`` component folder itself."""
-    from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
+    from metaportrait.models.fewshot import Embedder, ProjectionDiscriminator
 
     return (Embedder.from_pretrained(sub / "embedder"), FewShotGenerator.from_pretrained(sub / "generator"),
             ProjectionDiscriminator.from_pretrained(sub / "discriminator"))
 
 
-def fewshot_loss_weights(folder: Path):
-    """The loss weights the few-shot models in ``folder`` were trained with (``training_config.json``),
-    so fine-tuning optimises the same objective; the paper's weights when the file is absent."""
-    from metaportrait.training.fewshot import FewShotLossWeights
-
-    cfg = Path(folder) / "training_config.json"
-    if cfg.is_file():
-        return FewShotLossWeights(**json.loads(cfg.read_text()).get("loss_weights", {}))
-    return FewShotLossWeights()
-
-
-def person_tensors(person: PersonFrames, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames and landmark images of ``person`` at the few-shot generator's size, in [-1, 1]."""
-    scale = size / person.frames.shape[1]
-    frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in person.frames])
-    marks = np.stack([draw_landmark_image(lm * scale, size) for lm in person.landmarks])
-    return to_tensor(frames), to_tensor(marks)
-
-
-@dataclass(frozen=True)
-class FineTuneSchedule:
-    """How `metaportrait personalize --family fewshot` fine-tunes (FT, Zakharov et al. 2019 §3.3).
-
-    G' (all weights and ψ', initialised to P·ê) and D' (all weights, w' = w_0 + ê and b) are trained
-    on the person's T frames with the objective the model was meta-learned with (content, adversarial
-    and feature-matching terms). Measured on the 128² embedded weights (README "Few-shot family"):
-    the meta-learned start alone is not a face of the person, these steps carry it. ``bfloat16``
-    autocast (``None``: when :func:`fast_bfloat16` says so) halves the step time on a CPU with
-    AVX512-BF16/AMX and is many times slower on one without. ``steps`` is the budget for T = 32
-    within 5 minutes of a 2-core CPU.
-    """
-
-    steps: int = 200
-    batch_size: int = 8
-    lr_generator: float = 5e-4
-    lr_discriminator: float = 2e-4
-    bfloat16: bool | None = None
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.steps, int) and self.steps >= 0 and isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError(f"FineTuneSchedule: need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
-        if not (self.lr_generator > 0 and self.lr_discriminator > 0):
-            raise ValueError(f"FineTuneSchedule: learning rates must be > 0, got {self.lr_generator}, {self.lr_discriminator}")
-
-    def replace(self, **changes) -> FineTuneSchedule:
-        return dataclasses.replace(self, **changes)
-
-    def kwargs(self, device: str | torch.device = "cpu") -> dict:
-        """Keyword arguments of :func:`metaportrait.training.fewshot.finetune_fewshot` on ``device``."""
-        bf16 = fast_bfloat16(device) if self.bfloat16 is None else self.bfloat16
-        return {"steps": self.steps, "batch_size": self.batch_size, "lr_generator": self.lr_generator,
-                "lr_discriminator": self.lr_discriminator, "autocast_dtype": torch.bfloat16 if bf16 else None}
-
-
-def fast_bfloat16(device: str | torch.device = "cpu") -> bool:
-    """bf16 autocast pays on CUDA and on CPUs with AVX512-BF16 or AMX (Linux ``/proc/cpuinfo`` flags)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-FT_SCHEDULE = FineTuneSchedule()
-
-
-@dataclass
-class FewShotPersonalization:
-    output_dir: Path
-    frames: int
-    steps: int
-    embed_seconds: float
-    finetune_seconds: float
-    losses: list[dict[str, float]]
-
-
-def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
-                        steps: int | None = None, feed_forward: bool = False, seconds: float | None = None,
-                        callback: Callable[[int, dict[str, float]], bool | None] | None = None,
-                        schedule: FineTuneSchedule = FT_SCHEDULE) -> FewShotPersonalization:
-    """FT (``schedule``; ``steps`` overrides its step count; stops early when ``seconds`` are spent) or
-    FF (``feed_forward=True``: ψ = P·ê only) on ``person``; ``callback(step, losses)`` after each
-    step (losses: ``loss_g``, ``loss_content``, ``loss_adv``, ``loss_fm``, ``loss_d``), True to stop."""
-    from metaportrait.training.fewshot import finetune_fewshot
-
-    if steps is not None:
-        schedule = schedule.replace(steps=steps)
-    sub = fewshot_folder(weights)
-    embedder, generator, disc = load_fewshot_folder(sub)
-    loss_weights = fewshot_loss_weights(sub)
-    frames, marks = person_tensors(person, generator.config.image_size)
-    kwargs = schedule.kwargs(generator.P.device)
-    if feed_forward:
-        kwargs["steps"] = 0
-    res = finetune_fewshot(embedder, generator, disc, frames, marks, **kwargs, feed_forward=feed_forward,
-                           evaluate=False, loss_weights=loss_weights, seconds=seconds, callback=callback)
-    out = Path(output_dir)
-    res.generator.save_pretrained(out / "generator")
-    np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
-    (out / "person.json").write_text(json.dumps({
-        "family": "fewshot", "frames": len(person), "steps": len(res.losses), "feed_forward": feed_forward,
-        "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds,
-        "schedule": {**dataclasses.asdict(schedule), "bfloat16": kwargs["autocast_dtype"] is not None}}, indent=2))
-    return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds,
-                                  res.losses)
+#: Options of :class:`ReenactOptions` that need a source photo or the MetaPortrait motion controls;
+#: the few-shot family renders from landmarks alone, so it refuses them rather than ignore them.
+UNSUPPORTED_OPTIONS = ("paste_back", "face", "neutral_mouth", "parts", "motion_scale", "pose_scale", "eyes", "lips",
+                       "smile", "audio")
 
 
 class FewShotPipeline:
-    """Reenact a personalized few-shot generator with a driving video (relative motion)."""
+    """Reenact a personalized few-shot generator with a driving video (relative motion).
 
-    def __init__(self, person_dir: str | Path, device: str = "cpu", limits: InputLimits = DEFAULT_LIMITS) -> None:
-        from metaportrait.models.fewshot import FewShotGenerator
+    The same contract as :class:`~metaportrait.pipeline.MetaPortraitPipeline`: load with
+    :meth:`from_pretrained`, pass :class:`~metaportrait.pipeline.ReenactOptions` (the driving-side
+    ones: smoothing, ``size``, ``batch_size``, ``max_seconds``, ``visible_label``), get a
+    :class:`~metaportrait.pipeline.ReenactResult`; a driving video without a face raises
+    :class:`~metaportrait.errors.NoFaceError` and leaves no output.
 
+    >>> pipe = FewShotPipeline.from_pretrained("me_fewshot/")      # doctest: +SKIP
+    >>> pipe.reenact("driving.mp4", "out.mp4")                      # doctest: +SKIP
+    """
+
+    def __init__(self, generator: FewShotGenerator, reference_landmarks: np.ndarray, *, size: int = 256,
+                 device: str | torch.device = "cpu", limits: InputLimits = DEFAULT_LIMITS) -> None:
+        reference = np.asarray(reference_landmarks, np.float32)
+        if reference.ndim != 2 or reference.shape[0] != 478 or reference.shape[1] < 2:
+            raise WeightsError(f"reference landmarks must be 478×2, got {reference.shape}")
+        self.device = torch.device(device)
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.reference = reference[:, :2]
+        self.size = int(size)  # the crop side the reference landmarks (and the driving crop) are in
+        self.limits = limits
+
+    @classmethod
+    def from_pretrained(cls, person_dir: str | Path, *, device: str | torch.device | None = None,
+                        limits: InputLimits = DEFAULT_LIMITS) -> FewShotPipeline:
+        """Load a folder written by ``metaportrait personalize --family fewshot`` (strict)."""
         person_dir = Path(person_dir)
-        if not (person_dir / "person.json").is_file():
+        info_file = person_dir / "person.json"
+        if not info_file.is_file():
             raise WeightsError(f"{person_dir} is not a few-shot personalization folder (no person.json)")
-        self.generator = FewShotGenerator.from_pretrained(person_dir / "generator").to(device).eval()
-        self.reference = np.load(person_dir / "reference_landmarks.npy")
-        self.device, self.limits, self.size = torch.device(device), limits, 256
+        try:
+            info = json.loads(info_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"{info_file} is not readable JSON: {exc}") from exc
+        reference_file = person_dir / "reference_landmarks.npy"
+        if not reference_file.is_file():
+            raise WeightsError(f"{person_dir} has no reference_landmarks.npy")
+        generator = FewShotGenerator.from_pretrained(person_dir / "generator")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        # folders written before the size was recorded hold landmarks of 256² crops
+        return cls(generator, np.load(reference_file, allow_pickle=False), size=int(info.get("size", 256)),
+                   device=device, limits=limits)
 
     @torch.inference_mode()
-    def render(self, landmarks: list[np.ndarray]) -> np.ndarray:
+    def render(self, landmarks: Sequence[np.ndarray], size: int | None = None) -> np.ndarray:
+        """Faces (uint8 ``B×N×N×3``, N = ``size`` or :attr:`size`) for landmarks in :attr:`size`² crop pixels."""
         g = self.generator.config.image_size
+        n = size or self.size
         marks = np.stack([draw_landmark_image(lm * g / self.size, g) for lm in landmarks])
         out = to_uint8(self.generator(to_tensor(marks, self.device)))
-        return np.stack([cv2.resize(o, (self.size, self.size), interpolation=cv2.INTER_CUBIC) for o in out])
+        return np.stack([cv2.resize(o, (n, n), interpolation=cv2.INTER_CUBIC) for o in out])
 
-    def reenact(self, driving: str | Path, output: str | Path, visible_label: bool = True, batch: int = 8) -> Path:
-        info = probe_video(driving, self.limits)
-        crop = ref = None
+    def driving_landmarks(self, frames: Iterable[np.ndarray], options: ReenactOptions, stats: dict[str, float],
+                          fps: float = 25.0) -> Iterator[np.ndarray | None]:
+        """Per driving frame, streaming: the person's reference landmarks moved by the driver's motion
+        since its first frame with a face (``relative`` transfer, :attr:`size`² crop pixels), from
+        landmarks tracked in one crop box and One-Euro smoothed (``options.smooth_landmarks``); None
+        before the first face. ``stats["landmarks"]`` accumulates the tracking time."""
+        ref: np.ndarray | None = None
+        with LandmarkTracker(self.size, options) as tracker:
+            for i, frame in enumerate(frames):
+                t0 = time.perf_counter()
+                lm = tracker.update(frame, i / fps)
+                stats["landmarks"] = stats.get("landmarks", 0.0) + time.perf_counter() - t0
+                if lm is None:
+                    yield None
+                    continue
+                ref = lm if ref is None else ref
+                yield transfer_landmarks(self.reference, lm, ref, mode="relative").astype(np.float32)
+
+    @staticmethod
+    def check_options(options: ReenactOptions) -> None:
+        """ValueError naming the options the few-shot family cannot honour (set away from their defaults)."""
+        if options.mode != "relative":
+            raise ValueError("the few-shot family transfers relative motion only (mode='relative')")
+        default = ReenactOptions()
+        odd = [name for name in UNSUPPORTED_OPTIONS if getattr(options, name) != getattr(default, name)]
+        if odd:
+            raise ValueError(f"the few-shot family does not support these options: {', '.join(odd)}")
+
+    def reenact(self, driving: str | Path, output: str | Path, options: ReenactOptions = ReenactOptions(),
+                progress: ProgressCallback | None = None) -> ReenactResult:
+        """Write the reenacted video to ``output`` (H.264 mp4 with the driving audio); nothing is left
+        behind on failure."""
+        self.check_options(options)
+        output = check_output_path(output)
+        limits = self.limits
+        if options.max_seconds is not None:
+            if options.max_seconds > limits.max_video_seconds:
+                raise InputTooLargeError(f"max_seconds {options.max_seconds:g} is over the limit of "
+                                         f"{limits.max_video_seconds:g} s")
+            limits = dataclasses.replace(limits, max_video_seconds=float("inf"), max_video_frames=2**62)
+        info = probe_video(driving, limits)
+        total = info.num_frames
+        if options.max_seconds is not None:
+            total = min(total, max(1, int(round(options.max_seconds * info.fps))))
+        size = options.size or self.size
+        stats: dict[str, float] = {}
         pending: list[np.ndarray] = []
-        last = self.reference
-        with FaceAnalyzer(static_image_mode=False, max_faces=1) as fa, VideoWriter(
+        written = missed = 0
+        found = False
+        if progress:
+            progress(0, total, "frames")
+        with VideoWriter(
                 output, fps=info.fps, audio_from=driving if info.has_audio else None,
                 metadata={"title": "metaportrait few-shot reenactment"}) as writer:
-            def flush():
-                for frame in self.render(pending):
-                    writer.write(add_visible_label(frame) if visible_label else frame)
+            def flush() -> None:
+                nonlocal written
+                t0 = time.perf_counter()
+                frames = self.render(pending, size)
+                stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t0
+                for frame in frames:
+                    t1 = time.perf_counter()
+                    writer.write(add_visible_label(frame) if options.visible_label else frame)
+                    stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
+                    written += 1
+                    if progress:
+                        progress(written, total, "frames")
                 pending.clear()
 
-            for frame in iter_frames(driving, limits=self.limits):
-                dets = fa.detect(frame)
-                if dets:
-                    if crop is None:
-                        crop = CropTransform.from_landmarks(dets[0].landmarks, size=self.size)
-                    lm = crop.points_to_crop(dets[0].landmarks).astype(np.float32)
-                    ref = lm if ref is None else ref
-                    last = transfer_landmarks(self.reference, lm, ref, mode="relative").astype(np.float32)
-                pending.append(last)
-                if len(pending) >= batch:
+            frames = iter_frames(driving, max_frames=total, limits=limits)
+            for lm in self.driving_landmarks(frames, options, stats, fps=info.fps):
+                if lm is None:
+                    missed += 1  # before the first face: the person's own reference pose
+                    lm = self.reference
+                else:
+                    found = True
+                pending.append(lm)
+                if len(pending) >= options.batch_size:
                     flush()
             if pending:
                 flush()
-        return Path(output)
+            if not found:
+                raise NoFaceError("no face was found in any frame of the driving video")
+        if missed:
+            warnings.warn(f"{missed} of {written} driving frames had no detectable face; the previous pose was held",
+                          stacklevel=2)
+        return ReenactResult(output_path=output, num_frames=written, fps=info.fps, has_audio=info.has_audio,
+                             frames_without_face=missed, timings=stats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -226,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    out = FewShotPipeline(args.person, device=args.device).reenact(args.driving, args.output)
-    print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+    result = FewShotPipeline.from_pretrained(args.person, device=args.device).reenact(args.driving, args.output)
+    print(f"wrote {result.output_path} ({result.num_frames} frames at {result.fps:g} fps) in "
+          f"{time.perf_counter() - t0:.1f}s")
     return 0

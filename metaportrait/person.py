@@ -2,8 +2,8 @@
 
 :func:`collect_frames` turns a short video and/or a few photos of one person into square face
 crops and their 478 dense landmarks (:class:`PersonFrames`). It is shared by MetaPortrait's
-personalization (:mod:`metaportrait.personalize`, fine-tuning from the meta-learned weights) and
-by the few-shot family (:mod:`metaportrait.fewshot_pipeline`, Zakharov et al. 2019: an embedding
+personalization (:mod:`metaportrait.training.personalize`, fine-tuning from the meta-learned weights) and
+by the few-shot family (:mod:`metaportrait.training.fewshot_finetune`, Zakharov et al. 2019: an embedding
 of T frames, optionally fine-tuned), so it lives below both of them.
 
 Video frames are cropped with one box, fixed on the first frame with a face (as MetaPortrait,

@@ -24,26 +24,23 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
+from metaportrait import dubbing
 from metaportrait.errors import InputTooLargeError, MetaPortraitError, NoFaceError, WeightsError
 from metaportrait.face import (
     CropTransform,
     FaceAnalyzer,
-    OneEuroFilter,
     draw_landmark_image,
     five_points,
     mesh_warp_grid,
     transfer_landmarks,
 )
 from metaportrait.face.controls import (
-    PARTS,
-    split_pose,
     add_smile,
     apply_parts,
     move_gaze,
@@ -52,281 +49,36 @@ from metaportrait.face.controls import (
     set_eye_opening,
     set_mouth_opening,
 )
-from metaportrait.face.motion import STABLE_POINTS, irises_inside_eyelids
-from metaportrait.face.head_mesh import HeadRings, head_points, head_warp_grid, silhouette_factors
+from metaportrait.face.head_mesh import head_points, head_warp_grid, silhouette_factors
 from metaportrait.face.mesh_warp import source_triangles
-from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE, MOUTH_INNER, MOUTH_OUTER
+from metaportrait.face.motion import STABLE_POINTS, irises_inside_eyelids
 from metaportrait.face.segmentation import person_mask
-from metaportrait.render import output_size, render_crop, render_into_photo
-from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
 from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
 from metaportrait.runtime import Backend, GeneratorRuntime, resolve_backend
 from metaportrait.models.identity_encoder import IdentityEncoder
+from metaportrait.render import output_size, render_crop
+from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
 
+# The option, source and result dataclasses, the landmark tracker and the live session live in their
+# own modules; they are re-exported here, where they have always been imported from.
+from metaportrait.live_session import LiveSession
+from metaportrait.pipeline_types import (
+    VIDEO_SUFFIXES,
+    EditOptions,
+    ProgressCallback,
+    ReenactOptions,
+    ReenactResult,
+    SourceFace,
+    is_video_path,
+)
+from metaportrait.render import draw
+from metaportrait.tracking import LandmarkTracker
+
 logger = logging.getLogger(__name__)
-
-# Eyelids, eye corners and irises: everything within the eye contours' reach gets the fast filter.
-_EYE_POINTS = sorted(set(LEFT_EYE) | set(RIGHT_EYE) | set(range(468, 478)))
-
-ProgressCallback = Callable[[int, int, str], None]
-"""``progress(done, total, stage)``; ``total`` is 0 when unknown."""
-
-
-def _check_controls(options: object, ranges: dict[str, tuple[float, float]]) -> None:
-    """The checks ReenactOptions and EditOptions share: ``size`` one of 256/512/1024 or None, ``eyes``
-    and ``lips`` openings in [0, 1.5] or None, and each named field within its range."""
-    size = getattr(options, "size")
-    if size is not None and size not in (256, 512, 1024):
-        raise ValueError(f"size must be 256, 512 or 1024, got {size!r}")
-    for name in ("eyes", "lips"):
-        v = getattr(options, name)
-        if v is not None and not 0 <= v <= 1.5:
-            raise ValueError(f"{name} must be in [0, 1.5] or None, got {v!r}")
-    for name, (lo, hi) in ranges.items():
-        if not lo <= getattr(options, name) <= hi:
-            raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {getattr(options, name)!r}")
-
-
-@dataclass(frozen=True)
-class ReenactOptions:
-    """Per-request settings (a new object per request; never mutated)."""
-
-    mode: Literal["absolute", "relative"] = "relative"
-    paste_back: bool = False
-    visible_label: bool = True
-    batch_size: int = 8
-    max_seconds: float | None = None
-    smooth_landmarks: bool = True
-    smoothing_min_cutoff: float = 1.5  # Hz (One-Euro filter), face and head
-    smoothing_beta: float = 0.075  # per 256-crop pixel/second; scaled to the model's crop size
-    eye_min_cutoff: float = 8.0  # Hz: eyelids and irises (a blink lasts 100-150 ms)
-    mouth_min_cutoff: float = 4.0  # Hz: lips
-    size: int | None = None  # face-crop output side 256|512|1024; None: 512 when the photo has the pixels
-    full_head: bool = True  # extend the mesh to hair, ears, neck and background (else face mesh only)
-    neutral_mouth: bool = False  # relative mode: expression relative to closed-mouth estimates of both faces
-    parts: tuple[str, ...] = ("all",)  # motion parts: all | head | expression | eyes | lips (combinable)
-    motion_scale: float = 1.0  # exaggerate (> 1) or damp (< 1) the expression
-    pose_scale: float = 1.0  # scale the head pose change
-    eyes: float | None = None  # retargeting: hold the eye opening (0 closed … 1 wide open) whatever the driver does
-    lips: float | None = None  # retargeting: hold the mouth opening (0 closed … 1 wide open)
-    smile: float = 0.0  # retargeting: add a smile (−1 … 1)
-    face: int | Literal["all"] | None = None  # which face of the photo: None = the largest, 1.. from the left, "all"
-    audio: Literal["driving", "source"] = "driving"  # a video source: whose audio the output keeps
-
-    def __post_init__(self) -> None:
-        if self.audio not in ("driving", "source"):
-            raise ValueError(f"audio must be 'driving' or 'source', got {self.audio!r}")
-        if self.face is not None and self.face != "all" and (
-            isinstance(self.face, bool) or not isinstance(self.face, int) or self.face < 1
-        ):
-            raise ValueError(f"face must be None, 'all' or a number from 1 (the leftmost face), got {self.face!r}")
-        if self.face == "all" and not self.paste_back:
-            object.__setattr__(self, "paste_back", True)  # several faces live in the whole photo
-        object.__setattr__(self, "parts", tuple(self.parts))
-        unknown = sorted(set(self.parts) - set(PARTS))
-        if unknown or not self.parts:
-            raise ValueError(f"parts must be a non-empty combination of {PARTS}, got {self.parts!r}")
-        _check_controls(self, ranges={"motion_scale": (0, 3), "pose_scale": (0, 3), "smile": (-1.5, 1.5)})
-        for name in ("smoothing_min_cutoff", "eye_min_cutoff", "mouth_min_cutoff"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.mode not in ("absolute", "relative"):
-            raise ValueError(f"mode must be 'absolute' or 'relative', got {self.mode!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
-
-
-@dataclass(frozen=True)
-class EditOptions:
-    """A portrait edit without a driving video (a new object per request). ``None``/0 = unchanged.
-
-    eyes / lips: opening 0 (closed) … 1 (wide open); smile / brows: −1 … 1; yaw / pitch / roll:
-    head rotation in degrees (3-D rotation of the landmarks about the head centre); gaze_x / gaze_y:
-    −1 … 1 (image left … right, up … down).
-    """
-
-    eyes: float | None = None
-    lips: float | None = None
-    smile: float = 0.0
-    brows: float = 0.0
-    yaw: float = 0.0
-    pitch: float = 0.0
-    roll: float = 0.0
-    gaze_x: float = 0.0
-    gaze_y: float = 0.0
-    size: int | None = None
-    paste_back: bool = False
-    visible_label: bool = True
-    full_head: bool = True
-
-    def __post_init__(self) -> None:
-        _check_controls(self, ranges={"smile": (-1.5, 1.5), "brows": (-1.5, 1.5), "gaze_x": (-1.5, 1.5),
-                                      "gaze_y": (-1.5, 1.5), "yaw": (-45, 45), "pitch": (-45, 45),
-                                      "roll": (-45, 45)})
-
-
-@dataclass(frozen=True)
-class SourceFace:
-    """Everything computed once from the source photo."""
-
-    image: np.ndarray  # the whole photo, uint8 RGB
-    crop: CropTransform
-    face: np.ndarray  # size×size×3 uint8 crop (the networks' working size)
-    landmarks: np.ndarray  # 478×2 in crop pixels
-    identity: torch.Tensor  # 1×D embedding
-    rings: HeadRings | None = None  # full-head extension (working-size crop pixels)
-    triangles: np.ndarray | None = None  # fixed mesh connectivity over landmarks + rings + border
-    landmarks_3d: np.ndarray | None = None  # 478×3 in crop pixels (x, y, relative depth), for head rotation
-    _faces: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def face_at(self, size: int) -> np.ndarray:
-        """The source crop at ``size``² resampled from the photo itself (cached)."""
-        if size == self.face.shape[0]:
-            return self.face
-        if size not in self._faces:
-            self._faces[size] = self.crop.rescaled(size).crop(self.image)
-        return self._faces[size]
-
-
-@dataclass(frozen=True)
-class ReenactResult:
-    output_path: Path
-    num_frames: int
-    fps: float
-    has_audio: bool
-    frames_without_face: int
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-
-    @property
-    def fps_end_to_end(self) -> float:
-        total = sum(self.timings.values())
-        return self.num_frames / total if total > 0 else float("nan")
-
-
-def draw(source: SourceFace, grid: np.ndarray, residual: np.ndarray | None, paste_back: bool, size: int,
-         canvas: np.ndarray | None = None) -> np.ndarray:
-    """One output frame of ``source`` moved by a working-size ``grid`` (+ ``residual``): the whole photo
-    at its own resolution (``paste_back``; drawn onto ``canvas`` when given), else the face crop at
-    ``size``²."""
-    if paste_back:
-        return render_into_photo(source.image, source.crop, grid, residual, canvas=canvas)
-    return render_crop(source.face_at(size), grid, residual)
-
-
-class LandmarkTracker:
-    """Per-frame dense landmarks of one face in a crop box fixed on the first frame with a face,
-    One-Euro smoothed with per-region cutoffs (eyelids and irises fastest, so blinks survive).
-
-    Every frame is detected afresh: MediaPipe's tracking mode re-crops each frame around the last
-    landmarks, which drifts by a pixel or two even on a still face (27-31 dB on 4 copies of one
-    photo, against 56 dB detected afresh); the One-Euro filter handles the jitter instead.
-    """
-
-    def __init__(self, size: int, options: ReenactOptions) -> None:
-        self.size = size
-        self.options = options
-        self.crop: CropTransform | None = None
-        cutoff = np.full((478, 1), options.smoothing_min_cutoff)
-        cutoff[list(MOUTH_OUTER) + list(MOUTH_INNER)] = options.mouth_min_cutoff
-        cutoff[_EYE_POINTS] = options.eye_min_cutoff
-        self.filter = OneEuroFilter(min_cutoff=cutoff, beta=options.smoothing_beta * 256.0 / size)
-        self.last: np.ndarray | None = None
-        self.analyzer = FaceAnalyzer(static_image_mode=True, max_faces=1)
-
-    def update(self, frame: np.ndarray, t: float) -> np.ndarray | None:
-        """Landmarks (crop pixels) of ``frame`` taken at ``t`` seconds; the last ones when this frame
-        has no face; None before the first face."""
-        dets = self.analyzer.detect(frame)
-        if not dets:
-            return self.last  # hold the last pose through a missed detection
-        if self.crop is None:
-            self.crop = CropTransform.from_landmarks(dets[0].landmarks, size=self.size)
-        lm = self.crop.points_to_crop(dets[0].landmarks).astype(np.float32)
-        if self.options.smooth_landmarks:
-            lm = self.filter(lm, t).astype(np.float32)
-        self.last = lm
-        return lm
-
-    def reset(self) -> None:
-        """Forget the crop box and the smoothing state (a new person in front of the camera)."""
-        self.crop, self.last = None, None
-        self.filter.reset()
-
-    def close(self) -> None:
-        self.analyzer.close()
-
-    def __enter__(self) -> LandmarkTracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class LiveSession:
-    """Live reenactment, one camera frame in, one output frame out (``pipe.live(source)``).
-
-    The first frame with a face (or the next one after :meth:`calibrate`) is the driver's reference
-    (neutral) pose; motion parts, scales and retargeting of ``options`` apply per frame. Timestamps
-    passed to ``__call__`` drive the smoothing; a caller that falls behind should drop stale camera
-    frames rather than queue them (``metaportrait live`` does), so latency stays flat.
-    """
-
-    def __init__(self, pipe: MetaPortraitPipeline, source: SourceFace, options: ReenactOptions) -> None:
-        self.pipe, self.source, self.options = pipe, source, options
-        self.tracker = LandmarkTracker(pipe.size, options)
-        self.reference: np.ndarray | None = None
-        self.size = output_size(source.crop, options.size, pipe.size)
-        self.frames = 0
-        self.seconds = 0.0
-        self._t0 = time.perf_counter()
-
-    def calibrate(self) -> None:
-        """The next frame with a face becomes the reference (neutral) pose of the driver."""
-        self.reference = None
-
-    def set_controls(self, options: ReenactOptions) -> None:
-        """Change the motion parts, scales and retargeting mid-stream (the tracking state is kept)."""
-        self.options = options
-
-    def __call__(self, frame: np.ndarray, t: float | None = None) -> np.ndarray:
-        start = time.perf_counter()
-        t = start - self._t0 if t is None else t
-        lm = self.tracker.update(frame, t)
-        if lm is None:
-            out = self.source.image if self.options.paste_back else self.source.face_at(self.size)
-        else:
-            if self.reference is None:
-                self.reference = lm
-            target = transfer_landmarks(self.source.landmarks, lm, self.reference, mode=self.options.mode,
-                                        neutral_mouth=self.options.neutral_mouth)
-            target = self.pipe.control(self.source, target, self.options)
-            grids, residuals = self.pipe.motion(self.source, [target], self.options.full_head)
-            out = draw(self.source, grids[0], None if residuals is None else residuals[0], self.options.paste_back,
-                       self.size)
-        if self.options.visible_label:
-            out = add_visible_label(out)
-        self.frames += 1
-        self.seconds += time.perf_counter() - start
-        return out
-
-    @property
-    def ms_per_frame(self) -> float:
-        return 1000.0 * self.seconds / max(self.frames, 1)
-
-    def close(self) -> None:
-        self.tracker.close()
-
-    def __enter__(self) -> LiveSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class MetaPortraitPipeline:
@@ -663,50 +415,7 @@ class MetaPortraitPipeline:
         change since its first frame, are the target, so the frame keeps its own pose and shape. When
         the driver is shorter, its last expression is held; source frames without a face pass unchanged.
         """
-        stats = {} if stats is None else stats
-        # the head pose always comes from the source video; of the driver's motion, by default the mouth
-        # and eyes (dubbing: a driver's turn, seen in 2-D, would squeeze the source's face)
-        parts = tuple(p for p in options.parts if p not in ("all", "head")) or ("lips",)
-        driver = self.driving_landmarks(driving_frames, options, stats, fps=fps)
-        drv_ref: np.ndarray | None = None
-        drv_last: np.ndarray | None = None
-        base: SourceFace | None = None
-        silhouette = None
-        for frame, lm, crop in self.track(source_frames, options, stats, fps):
-            nxt = next(driver, None)
-            if nxt is not None and nxt[1] is not None:
-                drv_last = nxt[1]
-                drv_ref = drv_last if drv_ref is None else drv_ref
-            t0 = time.perf_counter()
-            if lm is None or drv_last is None:
-                out = frame
-            else:
-                face = crop.crop(frame)
-                if base is None:  # identity and head silhouette from the first frame with a face
-                    base = self.source_from_crop(face, lm, image=frame, crop=crop)
-                    silhouette = silhouette_factors(lm, person_mask(face))
-                rings = head_points(lm, self.size, self.size, silhouette)
-                triangles = source_triangles(np.concatenate([lm[:, :2], rings.points]), self.size, self.size)
-                src = SourceFace(image=frame, crop=crop, face=face, landmarks=lm, identity=base.identity,
-                                 rings=rings, triangles=triangles)
-                # this frame's own face, its mouth (made neutral first: the source's own speech is
-                # replaced) and eyes moved by the driver's change since its first frame
-                moved = transfer_landmarks(lm, drv_last, drv_ref, mode="relative", neutral_mouth=True)
-                target = apply_parts(lm, moved, parts, options.motion_scale)
-                target = self.control(src, target, dataclasses.replace(options, parts=("all",), motion_scale=1.0,
-                                                                       pose_scale=1.0))
-                t1 = time.perf_counter()
-                grids, residuals = self.motion(src, [target], options.full_head)
-                spent = time.perf_counter() - t1
-                stats["generation"] = stats.get("generation", 0.0) + spent
-                t0 += spent  # "render" below counts the rest: rings, triangulation, sampling, label
-                out = draw(src, grids[0], None if residuals is None else residuals[0], True, self.size)
-            if options.visible_label:
-                out = add_visible_label(out)
-            stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0
-            yield out
-        if base is None:
-            raise NoFaceError("no face was found in any frame of the source video")
+        return dubbing.animate_video_source(self, source_frames, driving_frames, options, stats, fps)
 
     def reenact(
         self,
@@ -734,7 +443,7 @@ class MetaPortraitPipeline:
         if options.max_seconds is not None:
             max_frames = min(max_frames, max(1, int(round(options.max_seconds * info.fps))))
         if is_video_path(source):
-            return self._reenact_video_source(Path(source), driving, output, options, limits, progress)
+            return dubbing.reenact_video_source(self, Path(source), driving, output, options, limits, progress)
         stats: dict[str, float] = {}
         t0 = time.perf_counter()
         if options.face is None:
@@ -773,45 +482,12 @@ class MetaPortraitPipeline:
         )
 
 
-    def _reenact_video_source(self, source: Path, driving, output: Path, options: ReenactOptions, limits,
-                              progress: ProgressCallback | None) -> ReenactResult:
-        """``reenact`` with a video as the source: the output has the source video's frames, size and
-        frame rate, and the audio of ``options.audio`` ("driving" or "source")."""
-        src_info = probe_video(source, limits)
-        n = src_info.num_frames
-        if options.max_seconds is not None:
-            n = min(n, max(1, int(round(options.max_seconds * src_info.fps))))
-        audio = {"driving": driving, "source": source}[options.audio]
-        has_audio = probe_video(audio, limits).has_audio
-        stats: dict[str, float] = {}
-        if progress:
-            progress(0, n, "frames")
-        written = 0
-        with VideoWriter(output, fps=src_info.fps, audio_from=audio if has_audio else None,
-                         metadata={"title": "metaportrait reenactment (video source)", "source_mode": "video"}) as writer:
-            frames = self.animate_video_source(iter_frames(source, max_frames=n, limits=limits),
-                                               iter_frames(driving, limits=limits), options, stats, fps=src_info.fps)
-            for frame in frames:
-                t1 = time.perf_counter()
-                writer.write(frame)
-                stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
-                written += 1
-                if progress:
-                    progress(written, n, "frames")
-        return ReenactResult(output_path=output, num_frames=written, fps=src_info.fps, has_audio=has_audio,
-                             frames_without_face=0, timings=stats)
-
-
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".flv", ".mpg", ".mpeg", ".wmv")
-
-
-def is_video_path(source: object) -> bool:
-    """Whether a reenactment source names a video file (by its suffix) rather than a photo."""
-    return isinstance(source, (str, Path)) and Path(source).suffix.lower() in VIDEO_SUFFIXES
-
-
 __all__ = [
+    "VIDEO_SUFFIXES",
     "EditOptions",
+    "ProgressCallback",
+    "draw",
+    "is_video_path",
     "LandmarkTracker",
     "LiveSession",
     "MetaPortraitPipeline",

@@ -25,6 +25,7 @@ import numpy as np
 
 from metaportrait.face.crop import CropTransform
 from metaportrait.face.mesh_warp import identity_grid
+from metaportrait.pipeline_types import SourceFace
 
 RESIDUAL_THRESHOLD = 3.0 / 127.5
 """|residual| (in [-1, 1] units) below which the refinement network is taken to draw nothing."""
@@ -146,3 +147,13 @@ def output_size(crop: CropTransform, requested: int | None, working_size: int) -
 
 
 __all__ = ["displacement", "output_size", "render_crop", "render_into_photo", "residual_layer"]
+
+
+def draw(source: SourceFace, grid: np.ndarray, residual: np.ndarray | None, paste_back: bool, size: int,
+         canvas: np.ndarray | None = None) -> np.ndarray:
+    """One output frame of ``source`` moved by a working-size ``grid`` (+ ``residual``): the whole photo
+    at its own resolution (``paste_back``; drawn onto ``canvas`` when given), else the face crop at
+    ``size``²."""
+    if paste_back:
+        return render_into_photo(source.image, source.crop, grid, residual, canvas=canvas)
+    return render_crop(source.face_at(size), grid, residual)

@@ -42,16 +42,99 @@ def fewshot_weights(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("feed_forward", [True, False])
 def test_fewshot_personalize_and_reenact(fewshot_weights, tmp_path, feed_forward):
-    from metaportrait.fewshot_pipeline import FewShotPipeline, personalize_fewshot
-    from metaportrait.personalize import collect_frames
+    from metaportrait.fewshot_pipeline import FewShotPipeline
+    from metaportrait.person import collect_frames
+    from metaportrait.pipeline import ReenactResult
+    from metaportrait.training.fewshot_finetune import personalize_fewshot
 
     person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=256, max_frames=8)
     res = personalize_fewshot(person, tmp_path / "me", weights=fewshot_weights, steps=2, feed_forward=feed_forward)
     info = json.loads((tmp_path / "me" / "person.json").read_text())
-    assert info["frames"] == 8 and info["steps"] == (0 if feed_forward else 2) == res.steps
-    out = FewShotPipeline(tmp_path / "me").reenact(EXAMPLES / "driving_franck.mp4", tmp_path / "out.mp4")
-    n, (h, w) = _count(out)
-    assert n == 120 and (h, w) == (256, 256)
+    assert info["frames"] == 8 and info["steps"] == (0 if feed_forward else 2) == res.steps and info["size"] == 256
+    result = FewShotPipeline.from_pretrained(tmp_path / "me", device="cpu").reenact(
+        EXAMPLES / "driving_franck.mp4", tmp_path / "out.mp4")
+    assert isinstance(result, ReenactResult) and result.output_path == tmp_path / "out.mp4"
+    n, (h, w) = _count(result.output_path)
+    assert n == result.num_frames == 120 and (h, w) == (256, 256)
+    assert result.fps == pytest.approx(24) and not result.has_audio and result.frames_without_face == 0
+    assert {"landmarks", "generation", "encoding"} <= set(result.timings)
+
+
+@pytest.fixture(scope="module")
+def fewshot_person(fewshot_weights, tmp_path_factory) -> Path:
+    """A feed-forward few-shot personalization (8 frames of a real webcam clip)."""
+    from metaportrait.person import collect_frames
+    from metaportrait.training.fewshot_finetune import personalize_fewshot
+
+    out = tmp_path_factory.mktemp("fewshot_person")
+    person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=256, max_frames=8)
+    personalize_fewshot(person, out, weights=fewshot_weights, feed_forward=True)
+    return out
+
+
+def test_fewshot_no_face_in_the_driving_video(fewshot_person, tmp_path, no_face_image):
+    """A driving video without a face: NoFaceError, and no output file."""
+    from metaportrait.errors import NoFaceError
+    from metaportrait.fewshot_pipeline import FewShotPipeline
+    from metaportrait.video import VideoWriter
+
+    driving = tmp_path / "cup.mp4"
+    with VideoWriter(driving, fps=25) as w:
+        for _ in range(6):
+            w.write(np.ascontiguousarray(no_face_image[:256, :256]))
+    out = tmp_path / "out.mp4"
+    with pytest.raises(NoFaceError, match="no face"):
+        FewShotPipeline.from_pretrained(fewshot_person, device="cpu").reenact(driving, out)
+    assert not out.exists()
+
+
+def test_fewshot_driving_landmarks_are_smoothed(fewshot_person, driving_frames):
+    """The driving landmarks go through the One-Euro filter (as in MetaPortraitPipeline): the frame-to-
+    frame acceleration of the transferred landmarks is lower with smoothing than without."""
+    from metaportrait.fewshot_pipeline import FewShotPipeline
+    from metaportrait.pipeline import ReenactOptions
+
+    pipe = FewShotPipeline.from_pretrained(fewshot_person, device="cpu")
+    tracks = {}
+    for smooth in (True, False):
+        stats: dict[str, float] = {}
+        lms = list(pipe.driving_landmarks(driving_frames, ReenactOptions(smooth_landmarks=smooth), stats, fps=24))
+        assert all(lm is not None and lm.shape == (478, 2) for lm in lms) and stats["landmarks"] > 0
+        tracks[smooth] = np.stack(lms)
+    jitter = {k: float(np.abs(np.diff(t, n=2, axis=0)).mean()) for k, t in tracks.items()}
+    assert jitter[True] < 0.8 * jitter[False], jitter
+    # the first frame is the reference: the person's own landmarks, unmoved
+    np.testing.assert_allclose(tracks[True][0], pipe.reference, atol=1e-3)
+
+
+def test_fewshot_sizes_come_from_the_folder_and_the_options(fewshot_person, tmp_path):
+    """The crop size is the personalization's (``size`` in person.json), the output side
+    ``ReenactOptions.size`` when given; options the family cannot honour are refused by name."""
+    import shutil
+
+    from metaportrait.fewshot_pipeline import FewShotPipeline
+    from metaportrait.pipeline import ReenactOptions
+
+    small = tmp_path / "small"
+    shutil.copytree(fewshot_person, small)
+    info = json.loads((small / "person.json").read_text())
+    (small / "person.json").write_text(json.dumps({**info, "size": 128}))
+    np.save(small / "reference_landmarks.npy", np.load(fewshot_person / "reference_landmarks.npy") / 2)
+    pipe = FewShotPipeline.from_pretrained(small, device="cpu")
+    assert pipe.size == 128
+    driving = EXAMPLES / "driving_franck.mp4"
+    result = pipe.reenact(driving, tmp_path / "a.mp4", ReenactOptions(max_seconds=0.25))
+    assert _count(result.output_path) == (6, (128, 128))
+    result = pipe.reenact(driving, tmp_path / "b.mp4", ReenactOptions(max_seconds=0.25, size=512))
+    assert _count(result.output_path) == (6, (512, 512))
+    with pytest.raises(ValueError, match="paste_back, smile"):
+        pipe.reenact(driving, tmp_path / "c.mp4", ReenactOptions(paste_back=True, smile=0.5))
+    with pytest.raises(ValueError, match="relative"):
+        pipe.reenact(driving, tmp_path / "c.mp4", ReenactOptions(mode="absolute"))
+    assert not (tmp_path / "c.mp4").exists()
+    (small / "person.json").unlink()
+    with pytest.raises(WeightsError, match="person.json"):
+        FewShotPipeline.from_pretrained(small)
 
 
 def test_fewshot_missing_component(tmp_path):

@@ -341,7 +341,7 @@ def test_content_loss_uses_the_perceptual_networks():
 def test_finetune_schedule_lowers_the_held_back_error(prepared):
     """The CLI's FT schedule (bfloat16 autocast, its learning rates) on 8 frames of a real clip, a few
     steps at the tiny size: the error on 4 later frames it never saw goes down (fixed seed)."""
-    from metaportrait.fewshot_pipeline import FT_SCHEDULE
+    from metaportrait.training.fewshot_finetune import FT_SCHEDULE
 
     embedder, generator, discriminator = _tiny(num_videos=2)
     data = FewShotVideoData(prepared, image_size=64)

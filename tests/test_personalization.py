@@ -11,7 +11,7 @@ import torch
 
 from metaportrait.errors import NoFaceError, WeightsError
 from metaportrait.models.generator import GeneratorConfig, MetaPortraitGenerator
-from metaportrait.personalize import (
+from metaportrait.training.personalize import (
     PersonalizeOptions,
     collect_frames,
     load_start_generator,

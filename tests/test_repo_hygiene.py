@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -179,8 +181,8 @@ def test_the_cycle_finder_finds_cycles():
 def test_the_import_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert len(graph) > 50
-    # personalize imports the few-shot pipeline only inside main(); the graph must see that edge
-    assert "metaportrait.fewshot_pipeline" in graph["metaportrait.personalize"]
+    # personalization imports the few-shot fine-tuning only inside main(); the graph must see that edge
+    assert "metaportrait.training.fewshot_finetune" in graph["metaportrait.training.personalize"]
     # relative or package-level imports resolve to modules: the face package imports its submodules
     assert "metaportrait.face.crop" in graph["metaportrait.face"]
 
@@ -192,6 +194,86 @@ def test_the_package_has_no_import_cycles():
         "import cycles between metaportrait modules (move the shared code to a module below both):\n"
         + "\n".join(cycles)
     )
+
+
+# -- module size -------------------------------------------------------------------------------------
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_over_600_lines():
+    """A module a reader can hold in their head: split a longer one along a real seam (and re-export
+    the moved names where callers import them)."""
+    modules = package_modules()
+    assert len(modules) > 50
+    long = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, (path, _) in modules.items()}
+    long = {name: n for name, n in long.items() if n > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {dict(sorted(long.items()))}"
+
+
+# -- layering: inference does not import training ----------------------------------------------------
+# Modules that are not inference: the training code, the evaluation protocols (they read prepared
+# training data) and the module that re-exports personalization's old names.
+NOT_INFERENCE = ("metaportrait.training", "metaportrait.evaluation", "metaportrait.personalize")
+# What a user of the package imports to run it; each is imported alone in a fresh interpreter.
+INFERENCE_ENTRY_POINTS = ("metaportrait.pipeline", "metaportrait.fewshot_pipeline", "metaportrait.live",
+                          "metaportrait.render", "metaportrait.superres", "metaportrait.cli", "metaportrait.adapters",
+                          "metaportrait.weights", "metaportrait.person", "metaportrait.video", "metaportrait.models",
+                          "metaportrait.face")
+
+
+def is_inference(module: str) -> bool:
+    return not any(module == m or module.startswith(m + ".") for m in NOT_INFERENCE)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> dict[str, str | None]:
+    """``{module: the module that imports it}`` for every module ``start`` imports, directly or not."""
+    parent: dict[str, str | None] = {start: None}
+    queue = [start]
+    for node in queue:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in parent:
+                parent[nxt] = node
+                queue.append(nxt)
+    return parent
+
+
+def test_inference_code_never_imports_training_code():
+    """Anywhere in its source, inside functions too: no inference module reaches metaportrait.training
+    through any chain of imports (app.py and the CLI, the top layer, call training directly)."""
+    graph = import_graph()
+    inference = [m for m in graph if is_inference(m)]
+    assert "metaportrait.pipeline" in inference and "metaportrait.fewshot_pipeline" in inference
+    offenders = []
+    for module in inference:
+        parent = reachable(graph, module)
+        for hit in sorted(m for m in parent if not is_inference(m)):
+            chain = [hit]
+            while parent[chain[-1]] is not None:
+                chain.append(parent[chain[-1]])  # type: ignore[arg-type]
+            offenders.append(" -> ".join(chain[::-1]))
+            break
+    assert not offenders, "inference modules import training code:\n" + "\n".join(offenders)
+
+
+def test_the_reachability_check_sees_chains():
+    graph = {"metaportrait.pipeline": {"metaportrait.a"}, "metaportrait.a": {"metaportrait.training.x"},
+             "metaportrait.training.x": set()}
+    assert reachable(graph, "metaportrait.pipeline")["metaportrait.training.x"] == "metaportrait.a"
+    assert not is_inference("metaportrait.training.x") and is_inference("metaportrait.a")
+
+
+@pytest.mark.parametrize("module", INFERENCE_ENTRY_POINTS)
+def test_importing_inference_loads_no_training_module(module):
+    """At run time as well: importing an inference entry point in a fresh interpreter puts no
+    metaportrait.training (or evaluation) module in ``sys.modules``."""
+    code = ("import importlib, json, sys; importlib.import_module(sys.argv[1]); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('metaportrait'))))")
+    out = subprocess.run([sys.executable, "-c", code, module], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert module in loaded
+    assert not [m for m in loaded if not is_inference(m)], f"importing {module} loaded {loaded}"
 
 
 # -- configs ---------------------------------------------------------------------------------------

@@ -1,18 +1,29 @@
 """Few-shot fine-tuning on a new person (Zakharov et al. 2019 §3.3; the FF variant with
-``feed_forward=True``). Re-exported by :mod:`metaportrait.training.fewshot`."""
+``feed_forward=True``). Re-exported by :mod:`metaportrait.training.fewshot`.
+
+:func:`personalize_fewshot` is the few-shot family's personalization: it fine-tunes on a person's
+frames and writes the folder :class:`~metaportrait.fewshot_pipeline.FewShotPipeline` loads."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
+from metaportrait.face import draw_landmark_image
+from metaportrait.fewshot_pipeline import fewshot_folder, load_fewshot_folder
 from metaportrait.models.fewshot import Embedder, FewShotGenerator, ProjectionDiscriminator
+from metaportrait.person import PersonFrames
+from metaportrait.tensors import to_tensor
 from metaportrait.training.fewshot_config import FewShotLossWeights, _check_compatible
 from metaportrait.training.fewshot_losses import ContentLoss
 from metaportrait.training.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
@@ -189,3 +200,113 @@ def finetune_fewshot(
     return FineTuneResult(generator=g_p, discriminator=d_p, embedding=e_new, losses=losses,
                           content_loss_before=before, content_loss_after=after,
                           embed_seconds=embed_seconds, finetune_seconds=finetune_seconds)
+
+
+# -- personalization of the few-shot family -------------------------------------------------------
+def fewshot_loss_weights(folder: Path):
+    """The loss weights the few-shot models in ``folder`` were trained with (``training_config.json``),
+    so fine-tuning optimises the same objective; the paper's weights when the file is absent."""
+    cfg = Path(folder) / "training_config.json"
+    if cfg.is_file():
+        return FewShotLossWeights(**json.loads(cfg.read_text()).get("loss_weights", {}))
+    return FewShotLossWeights()
+
+
+def person_tensors(person: PersonFrames, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames and landmark images of ``person`` at the few-shot generator's size, in [-1, 1]."""
+    scale = size / person.frames.shape[1]
+    frames = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in person.frames])
+    marks = np.stack([draw_landmark_image(lm * scale, size) for lm in person.landmarks])
+    return to_tensor(frames), to_tensor(marks)
+
+
+@dataclass
+class FewShotPersonalization:
+    output_dir: Path
+    frames: int
+    steps: int
+    embed_seconds: float
+    finetune_seconds: float
+    losses: list[dict[str, float]]
+
+
+@dataclass(frozen=True)
+class FineTuneSchedule:
+    """How `metaportrait personalize --family fewshot` fine-tunes (FT, Zakharov et al. 2019 §3.3).
+
+    G' (all weights and ψ', initialised to P·ê) and D' (all weights, w' = w_0 + ê and b) are trained
+    on the person's T frames with the objective the model was meta-learned with (content, adversarial
+    and feature-matching terms). Measured on the 128² embedded weights (README "Few-shot family"):
+    the meta-learned start alone is not a face of the person, these steps carry it. ``bfloat16``
+    autocast (``None``: when :func:`fast_bfloat16` says so) halves the step time on a CPU with
+    AVX512-BF16/AMX and is many times slower on one without. ``steps`` is the budget for T = 32
+    within 5 minutes of a 2-core CPU.
+    """
+
+    steps: int = 200
+    batch_size: int = 8
+    lr_generator: float = 5e-4
+    lr_discriminator: float = 2e-4
+    bfloat16: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.steps, int) and self.steps >= 0 and isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"FineTuneSchedule: need steps >= 0 and batch_size >= 1, got {self.steps}, {self.batch_size}")
+        if not (self.lr_generator > 0 and self.lr_discriminator > 0):
+            raise ValueError(f"FineTuneSchedule: learning rates must be > 0, got {self.lr_generator}, {self.lr_discriminator}")
+
+    def replace(self, **changes) -> FineTuneSchedule:
+        return dataclasses.replace(self, **changes)
+
+    def kwargs(self, device: str | torch.device = "cpu") -> dict:
+        """Keyword arguments of :func:`finetune_fewshot` on ``device``."""
+        bf16 = fast_bfloat16(device) if self.bfloat16 is None else self.bfloat16
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr_generator": self.lr_generator,
+                "lr_discriminator": self.lr_discriminator, "autocast_dtype": torch.bfloat16 if bf16 else None}
+
+
+def fast_bfloat16(device: str | torch.device = "cpu") -> bool:
+    """bf16 autocast pays on CUDA and on CPUs with AVX512-BF16 or AMX (Linux ``/proc/cpuinfo`` flags)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+FT_SCHEDULE = FineTuneSchedule()
+
+
+def personalize_fewshot(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
+                        steps: int | None = None, feed_forward: bool = False, seconds: float | None = None,
+                        callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+                        schedule: FineTuneSchedule = FT_SCHEDULE) -> FewShotPersonalization:
+    """FT (``schedule``; ``steps`` overrides its step count; stops early when ``seconds`` are spent) or
+    FF (``feed_forward=True``: ψ = P·ê only) on ``person``; ``callback(step, losses)`` after each
+    step (losses: ``loss_g``, ``loss_content``, ``loss_adv``, ``loss_fm``, ``loss_d``), True to stop."""
+    if steps is not None:
+        schedule = schedule.replace(steps=steps)
+    sub = fewshot_folder(weights)
+    embedder, generator, disc = load_fewshot_folder(sub)
+    loss_weights = fewshot_loss_weights(sub)
+    frames, marks = person_tensors(person, generator.config.image_size)
+    kwargs = schedule.kwargs(generator.P.device)
+    if feed_forward:
+        kwargs["steps"] = 0
+    res = finetune_fewshot(embedder, generator, disc, frames, marks, **kwargs, feed_forward=feed_forward,
+                           evaluate=False, loss_weights=loss_weights, seconds=seconds, callback=callback)
+    out = Path(output_dir)
+    res.generator.save_pretrained(out / "generator")
+    np.save(out / "reference_landmarks.npy", person.landmarks[0].astype(np.float32))
+    (out / "person.json").write_text(json.dumps({
+        "family": "fewshot", "frames": len(person), "size": int(person.frames.shape[1]), "steps": len(res.losses),
+        "feed_forward": feed_forward,
+        "embed_seconds": res.embed_seconds, "finetune_seconds": res.finetune_seconds,
+        "schedule": {**dataclasses.asdict(schedule), "bfloat16": kwargs["autocast_dtype"] is not None}}, indent=2))
+    return FewShotPersonalization(out, len(person), len(res.losses), res.embed_seconds, res.finetune_seconds,
+                                  res.losses)

@@ -44,270 +44,45 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from metaportrait.errors import InvalidImageError, InvalidVideoError, MetaPortraitError
+from metaportrait.errors import InvalidVideoError, MetaPortraitError
 from metaportrait.training.prepared import (
     CLIPS_DIR,
-    FORMAT,
     HELDOUT_IDENTITY,
     LANDMARKS_FILE,
     MANIFEST_FILE,
     TRAIN,
     VALID_FILE,
-    PreparedData,
-    check_format,
-    crop_source_side,
     frames_file,
+)
+
+# Inputs and output files have their own modules; their names are re-exported here.
+from metaportrait.training.clip_sources import (
+    DEFAULT_FRAME_FOLDER_FPS,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ClipSource,
+    _open_source,
+    discover_clips,
+)
+from metaportrait.training.prepare_files import (
+    ClipRecord,
+    Manifest,
+    SkippedRecord,
+    _atomic_save_npy,
+    _atomic_write_text,
+    _NpyStreamWriter,
 )
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FIRST_FRAMES_TO_SEARCH = 10
-DEFAULT_FRAME_FOLDER_FPS = 25.0
 # A frame is valid when this fraction of its landmarks lies inside the crop.
 MIN_INSIDE_FRACTION = 0.8
-_NPY_HEADER_BYTES = 128  # fixed header size of the streamed .npy files (multiple of 64)
-
-
-# -- records -----------------------------------------------------------------------------------
-@dataclass
-class ClipRecord:
-    """One prepared clip, as listed in ``manifest.json`` (docs/DATA_FORMAT.md)."""
-
-    id: str
-    identity: str
-    source_file: str
-    fps: float
-    num_frames: int
-    has_512: bool
-    split: str = "train"
-    heldout_frames_from: int = 0
-    num_valid: int = 0
-    crop_box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in the source frame
-
-    @property
-    def source_side(self) -> float | None:
-        """Side of the crop box in source pixels (None when not recorded): below the crop size, the
-        prepared frames are upscaled and blurrier than what a camera gives at that size."""
-        return crop_source_side(self.crop_box)
-
-
-@dataclass
-class SkippedRecord:
-    source_file: str
-    reason: str
-
-
-@dataclass
-class Manifest:
-    """``manifest.json`` of a prepared folder: clips (with splits), skipped inputs, settings."""
-
-    clips: list[ClipRecord] = field(default_factory=list)
-    skipped: list[SkippedRecord] = field(default_factory=list)
-    heldout_identities: list[str] = field(default_factory=list)
-    heldout_fraction: float = 0.2
-    sizes: list[int] = field(default_factory=lambda: [256, 512])
-    format: str = FORMAT
-
-    def to_dict(self) -> dict:
-        return {
-            "format": self.format,
-            "heldout_identities": list(self.heldout_identities),
-            "heldout_fraction": self.heldout_fraction,
-            "sizes": list(self.sizes),
-            "clips": [asdict(c) for c in self.clips],
-            "skipped": [asdict(s) for s in self.skipped],
-        }
-
-    def save(self, path: str | Path) -> None:
-        _atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Manifest:
-        check_format(d)
-        clips = []
-        for c in d.get("clips", []):
-            c = dict(c)
-            if c.get("crop_box") is not None:
-                c["crop_box"] = tuple(c["crop_box"])
-            clips.append(ClipRecord(**c))
-        return cls(
-            clips=clips,
-            skipped=[SkippedRecord(**s) for s in d.get("skipped", [])],
-            heldout_identities=list(d.get("heldout_identities", [])),
-            heldout_fraction=float(d.get("heldout_fraction", 0.2)),
-            sizes=[int(s) for s in d.get("sizes", [256])],
-        )
-
-    @classmethod
-    def load(cls, data_dir: str | Path) -> Manifest:
-        return cls.from_dict(PreparedData(data_dir).manifest)
-
-    @property
-    def identities(self) -> list[str]:
-        return sorted({c.identity for c in self.clips})
-
-
-# -- discovery ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ClipSource:
-    """An input clip: a video file or a folder of frames."""
-
-    id: str
-    identity: str
-    path: str
-    kind: str  # "video" | "frames"
-
-
-def discover_clips(input_dir: str | Path) -> list[ClipSource]:
-    """All clips under ``input_dir`` (layouts in the module docstring), sorted by id.
-
-    Raises ``ValueError`` when ``input_dir`` is not a folder or two inputs would get the same id.
-    """
-    root = Path(input_dir)
-    if not root.is_dir():
-        raise ValueError(f"input_dir must be a folder, got {str(input_dir)!r}")
-    found: dict[str, ClipSource] = {}
-
-    def add(src: ClipSource) -> None:
-        if src.id in found:
-            raise ValueError(f"two inputs map to clip id {src.id!r}: {found[src.id].path} and {src.path}")
-        found[src.id] = src
-
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        images = [f for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-        if images and rel_dir.parts:
-            parts = rel_dir.parts
-            add(ClipSource(id="/".join(parts), identity=parts[0], path=str(Path(dirpath)), kind="frames"))
-        for name in sorted(filenames):
-            if name.startswith(".") or not name.lower().endswith(VIDEO_EXTENSIONS):
-                continue
-            rel = rel_dir / name
-            parts = rel.with_suffix("").parts
-            identity = parts[0]
-            add(ClipSource(id="/".join(parts), identity=identity, path=str(Path(dirpath) / name), kind="video"))
-    return [found[k] for k in sorted(found)]
-
-
-# -- frame sources -----------------------------------------------------------------------------
-def _iter_frame_folder(folder: Path, max_frames: int | None) -> Iterator[np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
-
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if max_frames is not None:
-        files = files[:max_frames]
-    for p in files:
-        try:
-            with Image.open(p) as im:
-                yield np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise InvalidImageError(f"frame {p} is not a decodable image: {e}") from e
-
-
-def _resample(frames: Iterator[np.ndarray], src_fps: float, dst_fps: float) -> Iterator[np.ndarray]:
-    """Nearest-frame resampling in time from ``src_fps`` to ``dst_fps`` (drop or repeat frames)."""
-    k = 0
-    for i, frame in enumerate(frames):
-        # output frame k shows source frame round(k * src / dst)
-        while round(k * src_fps / dst_fps) == i:
-            yield frame
-            k += 1
-
-
-def _training_limits() -> object:
-    """Input limits for data preparation: the app's upload limits do not apply to training data."""
-    from metaportrait.io import InputLimits
-
-    return InputLimits(
-        max_video_bytes=64 * 2**30, max_video_seconds=24 * 3600.0, max_video_side=8192,
-        max_video_frames=10_000_000,
-    )
-
-
-def _open_source(src: ClipSource, max_frames: int | None, fps: float | None) -> tuple[Iterator[np.ndarray], float]:
-    """(frame iterator, fps of the frames it yields)."""
-    if src.kind == "frames":
-        native = DEFAULT_FRAME_FOLDER_FPS if fps is None else float(fps)
-        return _iter_frame_folder(Path(src.path), max_frames), native
-    if src.kind == "video":
-        from metaportrait.video import iter_frames, probe_video
-
-        limits = _training_limits()
-        info = probe_video(src.path, limits)
-        native = float(info.fps)
-        if fps is None or abs(native - fps) / fps < 0.01:
-            return iter_frames(src.path, max_frames=max_frames, limits=limits), native
-        frames = _resample(iter_frames(src.path, limits=limits), native, float(fps))
-
-        def limited() -> Iterator[np.ndarray]:
-            for n, f in enumerate(frames):
-                if max_frames is not None and n >= max_frames:
-                    return
-                yield f
-
-        return limited(), float(fps)
-    raise ValueError(f"unknown clip kind {src.kind!r}")
-
-
-# -- streamed .npy writing -----------------------------------------------------------------------
-def _npy_header(shape: tuple[int, ...], descr: str) -> bytes:
-    """A version-1.0 .npy header padded to exactly ``_NPY_HEADER_BYTES`` bytes."""
-    d = "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" % (descr, repr(tuple(shape)))
-    body_len = _NPY_HEADER_BYTES - 10
-    if len(d) + 1 > body_len:
-        raise ValueError(f"array shape {shape} too long for a fixed npy header")
-    body = d + " " * (body_len - len(d) - 1) + "\n"
-    return b"\x93NUMPY\x01\x00" + body_len.to_bytes(2, "little") + body.encode("latin1")
-
-
-class _NpyStreamWriter:
-    """Appends ``frame_shape`` items to a .npy file whose length is known only at the end."""
-
-    def __init__(self, path: Path, frame_shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.path = path
-        self.frame_shape = tuple(frame_shape)
-        self.dtype = np.dtype(dtype)
-        self.count = 0
-        self._f = open(path, "wb")
-        self._f.write(_npy_header((0, *self.frame_shape), self.dtype.str))
-
-    def write(self, item: np.ndarray) -> None:
-        if item.shape != self.frame_shape or item.dtype != self.dtype:
-            raise ValueError(f"expected {self.frame_shape} {self.dtype}, got {item.shape} {item.dtype}")
-        self._f.write(np.ascontiguousarray(item).tobytes())
-        self.count += 1
-
-    def close(self) -> None:
-        if self._f.closed:
-            return
-        self._f.seek(0)
-        self._f.write(_npy_header((self.count, *self.frame_shape), self.dtype.str))
-        self._f.close()
-
-    def abort(self) -> None:
-        self._f.close()
-        self.path.unlink(missing_ok=True)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
 
 
 # -- landmark post-processing ------------------------------------------------------------------

@@ -1,0 +1,318 @@
+"""Fast personalization (MetaPortrait §3.2 "fast personalization"; docs/METHOD.md §8), the training side.
+
+Fine-tune the generator on frames of one person, starting from the meta-learned weights (the
+``meta`` component of a pipeline folder; the base weights when there is none), with the base
+objective and a step or wall-clock budget. A few of the person's frames are held back and the
+weights with the lowest error on them are the ones kept (early stopping). The result is either a small low-rank adapter
+(``adapter.safetensors`` + ``adapter_config.json``, loaded on top of the same weights by
+``MetaPortraitPipeline.from_pretrained(..., adapter=DIR)``) or a full pipeline folder.
+
+This is training code: the inference pipelines only load what it writes. The top layer (``app.py``,
+``metaportrait personalize``) calls :func:`personalize` here, or
+:func:`~metaportrait.training.fewshot_finetune.personalize_fewshot` for the few-shot family.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from metaportrait.person import PersonFrames, collect_frames
+from metaportrait.tensors import to_uint8
+from metaportrait.training.samples import collate_pairs, make_pair
+
+ProgressFn = Callable[[int, float, float], bool | None]
+"""``progress(step, loss, elapsed_seconds)``; returning True stops early."""
+
+
+@dataclass(frozen=True)
+class PersonalizeOptions:
+    steps: int | None = None
+    seconds: float | None = 30.0
+    adapter: Literal["lora", "full"] = "lora"
+    rank: int = 8
+    lr: float = 2e-4  # α of the paper's inner loop
+    batch_size: int = 4
+    max_frames: int = 64
+    # the objective the embedded weights were trained with (configs/base_demo_sharp.json)
+    objective: dict = field(default_factory=lambda: {
+        "weights": {"warp_vgg": 0.0, "refine_vgg": 0.0, "identity": 0.0, "eye": 10.0, "mouth": 10.0, "adv": 0.0,
+                    "feature_matching": 0.0},
+        "pixel_l1": 10.0, "pixel_ssim": 10.0, "perceptual_network": "sface", "perceptual_pyramid": (0.5, 0.25)})
+    seed: int = 0
+    # Early stopping: every `validation_every` steps the output error on held-back frames of the
+    # person (every round(1 / validation_fraction)-th frame, never trained on) is measured, and the
+    # weights with the lowest error are the ones saved: the result is never worse than the start
+    # on the person's own unseen frames. 0 disables (all frames train, the last weights are saved).
+    validation_fraction: float = 0.125
+    validation_every: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise ValueError(f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
+        if self.validation_every < 1:
+            raise ValueError(f"validation_every must be >= 1, got {self.validation_every}")
+        if self.steps is None and self.seconds is None:
+            raise ValueError("give steps or seconds (or both) as the personalization budget")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {self.seconds}")
+        if self.adapter not in ("lora", "full"):
+            raise ValueError(f"adapter must be 'lora' or 'full', got {self.adapter!r}")
+        if self.rank < 1 or self.batch_size < 1 or self.max_frames < 2:
+            raise ValueError(f"rank, batch_size >= 1 and max_frames >= 2 required, got {self.rank}, "
+                             f"{self.batch_size}, {self.max_frames}")
+
+
+@dataclass
+class PersonalizeResult:
+    output_dir: Path
+    adapter: str
+    component: str
+    steps: int
+    seconds: float
+    losses: list[float]
+    times: list[float]
+    num_frames: int
+    output_bytes: int
+    before: np.ndarray | None = None  # preview (uint8 S×(3S)×3: source | target | output) before adaptation
+    after: np.ndarray | None = None  # the same preview after adaptation
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (steps taken, held-back L1 in [0, 1])
+    best_step: int | None = None  # the steps taken by the saved weights (None: no validation split)
+
+
+def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) frame indices: every ``round(1 / fraction)``-th frame, from the second on,
+    is held back; no validation when ``fraction`` is 0 or fewer than 4 frames (or one would be left)."""
+    idx = np.arange(n)
+    if fraction <= 0 or n < 4:
+        return idx, idx[:0]
+    every = max(2, round(1 / fraction))
+    val = idx[1::every]
+    if len(val) == 0 or n - len(val) < 2:
+        return idx, idx[:0]
+    return np.setdiff1d(idx, val), val
+
+
+@torch.no_grad()
+def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFrames, batch_size: int = 8) -> tuple[float, float]:
+    """Mean L1 (in [0, 1] units) and mean PSNR (dB, :func:`~metaportrait.evaluation.metrics.psnr` of
+    the uint8 images, an exact match counting as 100 dB) of the outputs for ``frames``, driven from
+    ``train``'s first frame (the model's mode is left as it is)."""
+    from metaportrait.evaluation.metrics import PSNR_CAP_DB, psnr
+
+    l1s, psnrs = [], []
+    for i in range(0, len(frames), batch_size):
+        items = [make_pair(train.frames[0], frames.frames[j], train.landmarks[0], frames.landmarks[j])
+                 for j in range(i, min(i + batch_size, len(frames)))]
+        batch = collate_pairs(items)
+        out = objective(generator, batch, stage="full").output.image.float().clamp(-1, 1)
+        diff = (out - batch.driving) / 2
+        l1s.append(diff.abs().mean(dim=(1, 2, 3)))
+        psnrs.extend(min(PSNR_CAP_DB, psnr(a, b)) for a, b in zip(to_uint8(out), to_uint8(batch.driving)))
+    return float(torch.cat(l1s).mean()), float(np.mean(psnrs))
+
+
+class PersonPairs(torch.utils.data.Dataset):
+    """Random source/driving pairs among one person's frames (same objective as base training)."""
+
+    def __init__(self, person: PersonFrames, seed: int = 0) -> None:
+        self.person, self.seed = person, seed
+
+    def __len__(self) -> int:
+        return len(self.person) * len(self.person)
+
+    def __getitem__(self, index: int):
+        n = len(self.person)
+        s, d = divmod(index, n)
+        p = self.person
+        return make_pair(p.frames[s], p.frames[d], p.landmarks[s], p.landmarks[d], identity="person", clip_id="person")
+
+    def batch(self, step: int, batch_size: int):
+        rng = np.random.default_rng([self.seed, step])
+        return collate_pairs([self[int(i)] for i in rng.integers(len(self), size=batch_size)])
+
+
+def load_start_generator(weights: str | Path | None):
+    """(generator, component name, pipeline folder): the ``meta`` component when present, else ``generator``."""
+    from metaportrait.models.generator import MetaPortraitGenerator
+    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+
+    folder = resolve_pipeline_folder(weights, components=("base", "meta"))
+    index = read_model_index(folder)
+    component = "meta" if index.get("meta") else "generator"
+    return MetaPortraitGenerator.from_pretrained(component_folder(folder, index, component)), component, folder
+
+
+def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
+                options: PersonalizeOptions = PersonalizeOptions(), progress: ProgressFn | None = None,
+                generator=None, component: str = "generator") -> PersonalizeResult:
+    """Fine-tune on ``person`` and write an adapter (or a full pipeline folder) to ``output_dir``.
+
+    ``generator`` may be given directly (e.g. the benchmark compares starting points); otherwise it
+    is loaded from ``weights`` (the ``meta`` component when the pipeline folder has one).
+    """
+    from metaportrait.adapters import add_lora, save_adapter
+    from metaportrait.identity import load_identity_encoder
+    from metaportrait.training.objective import GeneratorObjective, ObjectiveConfig
+    from metaportrait.training.reptile import adapt
+    from metaportrait.weights import write_model_index
+
+    if generator is None:
+        generator, component, _ = load_start_generator(weights)
+    size = generator.config.image_size
+    if person.frames.shape[1] != size:
+        raise ValueError(f"frames are {person.frames.shape[1]}² but the generator works at {size}²")
+    torch.manual_seed(options.seed)
+    objective = GeneratorObjective(load_identity_encoder(None), ObjectiveConfig(**options.objective))
+    train_idx, val_idx = split_validation(len(person), options.validation_fraction)
+    train = PersonFrames(person.frames[train_idx], person.landmarks[train_idx])
+    val = PersonFrames(person.frames[val_idx], person.landmarks[val_idx]) if len(val_idx) else None
+    pairs = PersonPairs(train, seed=options.seed)
+    generator.eval()  # no batch statistics to carry: the adapter holds only weights
+    if options.adapter == "lora":
+        add_lora(generator, rank=options.rank)
+    params = [p for p in generator.parameters() if p.requires_grad]
+
+    def loss_fn(model, step: int) -> torch.Tensor:
+        return objective(model, pairs.batch(step, options.batch_size), stage="full").loss
+
+    history: list[tuple[int, float]] = []
+    best: dict = {}
+
+    def remember(done: int) -> None:
+        err = heldout_errors(generator, objective, train, val)[0]
+        history.append((done, err))
+        if not best or err < best["error"]:
+            best.update(error=err, step=done, params=[p.detach().clone() for p in params])
+
+    def on_step(step: int, loss: float, elapsed: float) -> bool | None:
+        if val is not None and (step + 1) % options.validation_every == 0:
+            remember(step + 1)
+        return progress(step, loss, elapsed) if progress is not None else None
+
+    preview_pair = (0, len(person) // 2)
+    before = render_preview(generator, objective, person, *preview_pair)
+    t0 = time.perf_counter()
+    if val is not None:
+        remember(0)
+    result = adapt(generator, loss_fn, steps=options.steps, seconds=options.seconds, lr=options.lr, params=params,
+                   callback=on_step)
+    if val is not None:
+        if history[-1][0] != result.steps:
+            remember(result.steps)
+        with torch.no_grad():
+            for p, kept in zip(params, best["params"]):
+                p.copy_(kept)
+    after = render_preview(generator, objective, person, *preview_pair)
+    out = Path(output_dir)
+    meta = {"component": component, "frames": len(person), "steps": result.steps, "seconds": result.seconds,
+            "best_step": best.get("step"), "validation": history,
+            "options": {k: v for k, v in asdict(options).items() if k != "objective"}}
+    if options.adapter == "lora":
+        save_adapter(generator, out, base_id=component, metadata=meta)
+    else:
+        generator.save_pretrained(out / "base")
+        write_model_index(out, generator="base")
+        (out / "personalization.json").write_text(json.dumps(meta, indent=2))
+    size_bytes = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
+    return PersonalizeResult(output_dir=out, adapter=options.adapter, component=component, steps=result.steps,
+                             seconds=time.perf_counter() - t0, losses=list(result.losses), times=list(result.times),
+                             num_frames=len(person), output_bytes=size_bytes, before=before, after=after,
+                             validation=history, best_step=best.get("step"))
+
+
+@torch.no_grad()
+def render_preview(generator, objective, person: PersonFrames, source: int, target: int) -> np.ndarray:
+    """``source | target | output`` (uint8, one row) for frame ``source`` driven by frame ``target``'s landmarks."""
+    p = person
+    batch = collate_pairs([make_pair(p.frames[source], p.frames[target], p.landmarks[source], p.landmarks[target])])
+    was_training = generator.training
+    generator.eval()
+    out = objective(generator, batch, stage="full").output.image
+    generator.train(was_training)
+    img = to_uint8(out[:1])[0]
+    return np.concatenate([p.frames[source], p.frames[target], img], axis=1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="metaportrait personalize",
+                                 description="Adapt the model to one person in seconds (fast personalization).")
+    ap.add_argument("--video", help="a short video of the person")
+    ap.add_argument("--images", nargs="*", default=[], help="photos of the person")
+    ap.add_argument("--base", default=None, help="pipeline folder or Hub repo id (default: embedded weights/)")
+    ap.add_argument("--output", required=True, help="output folder (adapter or pipeline folder)")
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int)
+    budget.add_argument("--seconds", type=float)
+    ap.add_argument("--adapter", choices=["lora", "full"], default="lora")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--max-frames", type=int, default=64)
+    ap.add_argument("--family", choices=["metaportrait", "fewshot"], default="metaportrait",
+                    help="fewshot: the model of Zakharov et al. 2019 (T = up to --max-frames frames; fine-tuned for "
+                         "200 steps by default, --steps 0 = feed-forward, --seconds caps the time)")
+    args = ap.parse_args(argv)
+    if not args.video and not args.images:
+        ap.error("give --video and/or --images")
+    from tqdm import tqdm
+
+    from metaportrait.video import check_output_path
+
+    check_output_path(args.output, kind="folder")  # before the training, not after it
+
+    if args.family == "fewshot":
+        from metaportrait.training.fewshot_finetune import FT_SCHEDULE, personalize_fewshot
+
+        person = collect_frames(args.video, args.images, size=256, max_frames=args.max_frames)
+        steps = FT_SCHEDULE.steps if args.steps is None else args.steps
+        feed_forward = steps == 0
+        bar = tqdm(total=0 if feed_forward else steps, unit="step", desc="few-shot FT")
+        t_start = time.perf_counter()
+
+        def on_step(step: int, losses: dict) -> None:
+            bar.update(1)
+            bar.set_postfix(content=f"{losses['loss_content']:.3f}", adv=f"{losses['loss_adv']:.3f}",
+                            fm=f"{losses['loss_fm']:.3f}", d=f"{losses['loss_d']:.3f}",
+                            s=f"{time.perf_counter() - t_start:.0f}")
+
+        res = personalize_fewshot(person, args.output, weights=args.base, steps=steps, feed_forward=feed_forward,
+                                  seconds=args.seconds, callback=on_step)
+        bar.close()
+        kind = "feed-forward (ψ = P·ê, no fine-tuning)" if feed_forward else f"{res.steps} fine-tuning steps"
+        print(f"wrote {res.output_dir} (few-shot, T={res.frames}, {kind}): embedding {res.embed_seconds:.2f}s, "
+              f"fine-tuning {res.finetune_seconds:.2f}s")
+        if res.losses:
+            print(f"content loss {res.losses[0]['loss_content']:.4f} -> {res.losses[-1]['loss_content']:.4f}")
+        return 0
+
+    generator, component, _ = load_start_generator(args.base)
+    person = collect_frames(args.video, args.images, size=generator.config.image_size, max_frames=args.max_frames)
+    opts = PersonalizeOptions(steps=args.steps, seconds=args.seconds if args.seconds is not None else (None if args.steps else 30.0),
+                              adapter=args.adapter, rank=args.rank, max_frames=args.max_frames)
+    bar = tqdm(total=opts.steps, unit="step", desc="personalize")
+
+    def progress(step: int, loss: float, elapsed: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", s=f"{elapsed:.0f}")
+
+    res = personalize(person, args.output, options=opts, progress=progress, generator=generator, component=component)
+    bar.close()
+    print(f"wrote {res.output_dir} ({res.adapter}, {res.output_bytes / 1e6:.2f} MB) after {res.steps} steps in "
+          f"{res.seconds:.1f}s on {res.num_frames} frames; loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
+    if res.validation:
+        start, kept = res.validation[0][1], min(e for _, e in res.validation)
+        print(f"held-back frames: L1 {start:.4f} at the start, {kept:.4f} with the saved weights (step {res.best_step})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
