@@ -64,6 +64,8 @@ from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
 from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
 from metaportrait.models.identity_encoder import IdentityEncoder
+from metaportrait.models.mouth_interior import MouthInteriorNetwork
+from metaportrait.mouth import MouthFiller
 from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
 
@@ -210,13 +212,23 @@ class ReenactResult:
 
 
 def draw(source: SourceFace, grid: np.ndarray, residual: np.ndarray | None, paste_back: bool, size: int,
-         canvas: np.ndarray | None = None) -> np.ndarray:
+         canvas: np.ndarray | None = None, target: np.ndarray | None = None,
+         mouth: MouthFiller | None = None) -> np.ndarray:
     """One output frame of ``source`` moved by a working-size ``grid`` (+ ``residual``): the whole photo
     at its own resolution (``paste_back``; drawn onto ``canvas`` when given), else the face crop at
-    ``size``²."""
+    ``size``². With ``mouth`` and the ``target`` landmarks (working-size crop pixels), the mouth
+    interior is drawn where the target opens the mouth (:mod:`metaportrait.mouth`)."""
     if paste_back:
-        return render_into_photo(source.image, source.crop, grid, residual, canvas=canvas)
-    return render_crop(source.face_at(size), grid, residual)
+        out = render_into_photo(source.image, source.crop, grid, residual, canvas=canvas)
+        if mouth is not None and target is not None:
+            scaled = np.asarray(target, np.float64)[:, :2] * (source.crop.size / source.face.shape[0])
+            out = mouth(out, source.crop.points_to_image(scaled), source.face, source.landmarks)
+        return out
+    out = render_crop(source.face_at(size), grid, residual)
+    if mouth is not None and target is not None:
+        out = mouth(out, np.asarray(target, np.float64)[:, :2] * (size / source.face.shape[0]), source.face,
+                    source.landmarks)
+    return out
 
 
 class LandmarkTracker:
@@ -308,7 +320,7 @@ class LiveSession:
             target = self.pipe.control(self.source, target, self.options)
             grids, residuals = self.pipe.motion(self.source, [target], self.options.full_head)
             out = draw(self.source, grids[0], None if residuals is None else residuals[0], self.options.paste_back,
-                       self.size)
+                       self.size, target=target, mouth=self.pipe.mouth)
         if self.options.visible_label:
             out = add_visible_label(out)
         self.frames += 1
@@ -343,8 +355,11 @@ class MetaPortraitPipeline:
         *,
         device: str | torch.device = "cpu",
         limits: InputLimits = DEFAULT_LIMITS,
+        mouth_interior: MouthInteriorNetwork | None = None,
     ) -> None:
         self.device = torch.device(device)
+        # draws the inside of an opening mouth (teeth, tongue) over the warp; None: the warp alone
+        self.mouth = None if mouth_interior is None else MouthFiller(mouth_interior, self.device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.identity_encoder = identity_encoder.to(self.device).eval().requires_grad_(False)
         self.limits = limits
@@ -364,12 +379,14 @@ class MetaPortraitPipeline:
         identity_encoder: str | Path | None = None,
         adapter: str | Path | None = None,
         limits: InputLimits = DEFAULT_LIMITS,
+        mouth_interior: bool = True,
     ) -> MetaPortraitPipeline:
         """Load from a pipeline folder, a single generator folder or a Hub repo id (strict).
 
         ``weights=None`` uses ``$METAPORTRAIT_WEIGHTS`` when set, else the embedded ``weights/`` folder
         of a source checkout (a wheel has none: then pass a folder or a Hub repo id);
-        ``adapter`` is a personalization adapter folder (``metaportrait personalize``).
+        ``adapter`` is a personalization adapter folder (``metaportrait personalize``);
+        ``mouth_interior``: load the folder's mouth-interior network when it has one (strict).
         """
         from metaportrait.identity import load_identity_encoder
 
@@ -391,9 +408,11 @@ class MetaPortraitPipeline:
             load_adapter(generator, adapter, base_id=component)
             generator = merge_adapter(generator)
         encoder = load_identity_encoder(identity_encoder)
+        mouth_dir = component_folder(folder, index, "mouth_interior") if mouth_interior else None
+        mouth = None if mouth_dir is None else MouthInteriorNetwork.from_pretrained(mouth_dir)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(generator, encoder, device=device, limits=limits)
+        return cls(generator, encoder, device=device, limits=limits, mouth_interior=mouth)
 
     # ------------------------------------------------------------------ source
     def prepare_source(self, image: str | Path | np.ndarray, analyzer: FaceAnalyzer | None = None) -> SourceFace:
@@ -518,9 +537,9 @@ class MetaPortraitPipeline:
         working size) for landmarks in working-size crop pixels, sampled from the photo at N²."""
         grids, residuals = self.motion(source, driving_landmarks, full_head)
         n = size or self.size
-        face = source.face_at(n)
         return np.stack([
-            render_crop(face, g, None if residuals is None else residuals[i]) for i, g in enumerate(grids)
+            draw(source, g, None if residuals is None else residuals[i], False, n, target=driving_landmarks[i],
+                 mouth=self.mouth) for i, g in enumerate(grids)
         ])
 
     @staticmethod
@@ -563,7 +582,7 @@ class MetaPortraitPipeline:
         target = self.edited_landmarks(source, options)
         grids, residuals = self.motion(source, [target], options.full_head)
         frame = draw(source, grids[0], None if residuals is None else residuals[0], options.paste_back,
-                     output_size(source.crop, options.size, self.size))
+                     output_size(source.crop, options.size, self.size), target=target, mouth=self.mouth)
         return add_visible_label(frame) if options.visible_label else frame
 
     def animate(
@@ -600,7 +619,7 @@ class MetaPortraitPipeline:
                 targets = [self.control(src, transfer_landmarks(src.landmarks, lm, reference, mode=options.mode,
                                                                 neutral_mouth=options.neutral_mouth), options)
                            for lm in driven]
-                motions.append(self.motion(src, targets, options.full_head) if targets else (None, None))
+                motions.append((self.motion(src, targets, options.full_head) if targets else (None, None), targets))
             stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t0
             k = 0
             for lm in pending:
@@ -609,9 +628,9 @@ class MetaPortraitPipeline:
                     frame = first.image if options.paste_back else first.face_at(size)
                 else:
                     frame = None  # several faces draw in turn onto one photo
-                    for src, (grids, residuals) in zip(sources, motions):
+                    for src, ((grids, residuals), targets) in zip(sources, motions):
                         frame = draw(src, grids[k], None if residuals is None else residuals[k], options.paste_back,
-                                     size, canvas=frame)
+                                     size, canvas=frame, target=targets[k], mouth=self.mouth)
                     k += 1
                 if options.visible_label:
                     frame = add_visible_label(frame)
@@ -698,7 +717,8 @@ class MetaPortraitPipeline:
                 spent = time.perf_counter() - t1
                 stats["generation"] = stats.get("generation", 0.0) + spent
                 t0 += spent  # "render" below counts the rest: rings, triangulation, sampling, label
-                out = draw(src, grids[0], None if residuals is None else residuals[0], True, self.size)
+                out = draw(src, grids[0], None if residuals is None else residuals[0], True, self.size, target=target,
+                           mouth=self.mouth)
             if options.visible_label:
                 out = add_visible_label(out)
             stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0

@@ -1,0 +1,96 @@
+"""The mouth-interior network in the render path (issue 14, part 1): strict loading, drawing only
+inside the driving inner-lip polygon, nothing at all while the mouth is closed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file, save_file
+
+from metaportrait.errors import WeightsError
+from metaportrait.face.controls import set_mouth_opening
+from metaportrait.face.regions import MOUTH_INNER
+from metaportrait.models.mouth_interior import MouthInteriorConfig, MouthInteriorNetwork
+from metaportrait.mouth import OPEN_THRESHOLD, MouthFiller, inner_mask, mouth_opening
+from metaportrait.pipeline import MetaPortraitPipeline, draw
+
+from conftest import REPO
+
+SHIPPED = REPO / "weights" / "mouth_interior"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return MetaPortraitPipeline.from_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def source(pipe, astronaut):
+    return pipe.prepare_source(astronaut)
+
+
+def test_shipped_weights_load_strictly(tmp_path):
+    net = MouthInteriorNetwork.from_pretrained(SHIPPED)
+    assert net.num_parameters() < 2_000_000
+    assert json.loads((SHIPPED / "config.json").read_text())["crop_size"] == net.config.crop_size
+    # a weights file with one tensor missing is refused, not half-loaded
+    (tmp_path / "config.json").write_text((SHIPPED / "config.json").read_text())
+    tensors = load_file(str(SHIPPED / "model.safetensors"))
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightsError):
+        MouthInteriorNetwork.from_pretrained(tmp_path)
+
+
+def test_pipeline_loads_the_mouth_network_when_shipped():
+    assert MetaPortraitPipeline.from_pretrained(device="cpu").mouth is not None
+    assert MetaPortraitPipeline.from_pretrained(device="cpu", mouth_interior=False).mouth is None
+
+
+@pytest.mark.parametrize("paste_back", [False, True])
+def test_draws_inside_the_inner_lips_only(pipe, source, paste_back):
+    assert mouth_opening(source.landmarks) < OPEN_THRESHOLD  # the astronaut's mouth is closed
+    target = set_mouth_opening(source.landmarks, 0.8)
+    grid = pipe.prior_grid(source, target)
+    size = 256
+    warp = draw(source, grid, None, paste_back, size)
+    ours = draw(source, grid, None, paste_back, size, target=target, mouth=pipe.mouth)
+    lm = target[:, :2].astype(np.float64)
+    if paste_back:
+        lm = source.crop.points_to_image(lm)
+    width = float(np.linalg.norm(lm[61] - lm[291]))
+    mask = inner_mask(lm[list(MOUTH_INNER)], width, *warp.shape[:2])
+    outside = mask == 0
+    assert np.array_equal(ours[outside], warp[outside])  # exactly the warp outside the mask
+    inside = mask > 0.99
+    assert inside.sum() > 50
+    diff = np.abs(ours[inside].astype(np.float32) - warp[inside].astype(np.float32)).mean()
+    assert diff > 5.0  # the smear of stretched lips is replaced by a drawn interior
+
+
+def test_closed_driving_mouth_leaves_the_frame_unchanged(pipe, source):
+    target = set_mouth_opening(source.landmarks, 0.0)
+    grid = pipe.prior_grid(source, target)
+    for paste_back in (False, True):
+        warp = draw(source, grid, None, paste_back, 256)
+        ours = draw(source, grid, None, paste_back, 256, target=target, mouth=pipe.mouth)
+        assert np.array_equal(ours, warp)
+
+
+def test_generate_uses_the_mouth_network(pipe, source):
+    target = set_mouth_opening(source.landmarks, 0.8)
+    plain = MetaPortraitPipeline(pipe.generator, pipe.identity_encoder)
+    assert not np.array_equal(pipe.generate(source, [target]), plain.generate(source, [target]))
+
+
+def test_untrained_network_gives_the_warp_back(source):
+    # the output head starts at zero: a fresh network changes nothing, so training starts at the warp
+    filler = MouthFiller(MouthInteriorNetwork(MouthInteriorConfig(base_channels=8, max_channels=16, levels=2)))
+    frame = source.face.copy()
+    target = set_mouth_opening(source.landmarks, 0.8)
+    out = filler(frame, target, source.face, source.landmarks)
+    mask = inner_mask(target[list(MOUTH_INNER), :2], float(np.linalg.norm(target[61, :2] - target[291, :2])), 256, 256)
+    diff = np.abs(out.astype(np.float32) - frame.astype(np.float32))[mask > 0]
+    assert diff.size and diff.mean() < 2.0  # the crop's bilinear resampling there and back only
