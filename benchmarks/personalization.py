@@ -1,12 +1,17 @@
 """Fast-personalization benchmark (MetaPortrait §4.3; issue "Fast personalization", part 5).
 
-In one run, on one held-out person of a prepared data folder (a ``heldout_identity`` clip: its
-first half is the personalization set, its second half the held-out evaluation frames):
+In one run, on one held-out person (``--clip``: an index or part of a clip id) or on every held-out
+person (``--clip all``, the default; then the median and the spread over people are printed) of a
+prepared data folder (a ``heldout_identity`` clip: its first half is the personalization set, its
+second half the held-out evaluation frames):
 
 * fine-tune the generator from (a) the plain base weights and (b) the meta-learned weights,
   with the same objective, optimiser, batch and time budget; every ``--eval-every`` steps
   measure the held-out error (L1 of the output against the real frame, source = the first
-  personalization frame, driving = held-out frames' landmarks; also PSNR);
+  personalization frame, driving = held-out frames' landmarks; also PSNR, the face detail ratio
+  and the mouth-box L1 / PSNR of the frames whose mouth is open), and always once more at the
+  end of the budget (so the point "at 30 s" is measured at 30 s even when fewer than
+  ``--eval-every`` steps fit);
 * as `metaportrait personalize` does, hold back every 8th personalization frame as a validation
   split and report the test error of the weights it would save (lowest validation error) at 30 s;
 * print steps and seconds each start needs to reach a target error (the error the base start
@@ -35,12 +40,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def heldout_person(data_dir: Path, clip_index: int = 0):
-    from metaportrait.personalize import PersonFrames
-
+def heldout_clips(data_dir: Path, choice: str = "all") -> list[dict]:
+    """The held-out-identity clips of the manifest: all, the ``choice``-th, or those whose id
+    contains ``choice``."""
     manifest = json.loads((data_dir / "manifest.json").read_text())
     clips = [c for c in manifest["clips"] if c["split"] == "heldout_identity"]
-    clip = clips[clip_index % len(clips)]
+    if not clips:
+        raise SystemExit(f"{data_dir}: no heldout_identity clips")
+    if choice == "all":
+        return clips
+    if choice.isdigit():
+        if int(choice) >= len(clips):
+            raise SystemExit(f"--clip {choice}: only {len(clips)} held-out clips")
+        return [clips[int(choice)]]
+    chosen = [c for c in clips if choice in c["id"]]
+    if not chosen:
+        raise SystemExit(f"--clip {choice!r} matches none of {[c['id'] for c in clips]}")
+    return chosen
+
+
+def heldout_person(data_dir: Path, clip: dict):
+    from metaportrait.personalize import PersonFrames
+
     base = data_dir / "clips" / clip["id"]
     frames = np.load(base / "frames_256.npy", mmap_mode="r")
     lms = np.load(base / "landmarks_256.npy", mmap_mode="r")
@@ -54,10 +75,38 @@ def heldout_person(data_dir: Path, clip_index: int = 0):
     return clip["id"], train, test
 
 
+def test_scores(generator, objective, fit, test, batch_size: int = 8) -> dict[str, float]:
+    """Held-out L1 and PSNR (as `personalize` measures them) and, from the same outputs, the face
+    detail ratio and the mouth-box L1 and PSNR over the frames whose true mouth is open."""
+    from metaportrait.evaluation.reenactment import MOUTH_OPEN, detail_ratio, mouth_box, mouth_opening, mouth_scores
+    from metaportrait.personalize import heldout_errors
+    from metaportrait.tensors import to_uint8
+    from metaportrait.training.datasets import collate_pairs, make_pair
+
+    l1, psnr = heldout_errors(generator, objective, fit, test, batch_size)
+    details, mouth_l1, mouth_psnr = [], [], []
+    for i in range(0, len(test), batch_size):
+        js = range(i, min(i + batch_size, len(test)))
+        batch = collate_pairs([make_pair(fit.frames[0], test.frames[j], fit.landmarks[0], test.landmarks[j]) for j in js])
+        out = to_uint8(objective(generator, batch, stage="full").output.image.float().clamp(-1, 1))
+        for img, j in zip(out, js):
+            gt, lm = test.frames[j], test.landmarks[j]
+            details.append(detail_ratio(img, gt, lm))
+            if mouth_opening(lm) > MOUTH_OPEN:
+                x0, y0, x1, y1 = mouth_box(lm, gt.shape)
+                mouth_l1.append(float(np.abs(img[y0:y1, x0:x1].astype(np.float32) - gt[y0:y1, x0:x1]).mean() / 255))
+                mouth_psnr.append(mouth_scores(img, gt, lm)["mouth_psnr"])
+    nan = float("nan")
+    return {"l1": l1, "psnr": psnr, "detail": float(np.mean(details)),
+            "mouth_l1": float(np.mean(mouth_l1)) if mouth_l1 else nan,
+            "mouth_psnr": float(np.mean(mouth_psnr)) if mouth_psnr else nan}
+
+
 def run_curve(name, generator, objective, train, test, seconds: float, eval_every: int, lr: float, batch: int):
     """Fine-tune as `metaportrait personalize` does: every 8th personalization frame is held back as
     its validation split (never trained on). Each curve point is (steps, training seconds, test L1,
-    test PSNR, validation L1); the test frames are the clip's later half."""
+    test PSNR, validation L1, test scores dict); the test frames are the clip's later half. A point
+    is measured every ``eval_every`` steps and always at the end of the budget."""
     from metaportrait.personalize import PersonFrames, PersonPairs, PersonalizeOptions, heldout_errors, split_validation
     from metaportrait.training.reptile import adapt
 
@@ -68,10 +117,10 @@ def run_curve(name, generator, objective, train, test, seconds: float, eval_ever
 
     def point(done: int, secs: float) -> tuple:
         generator.eval()
-        l1, psnr = heldout_errors(generator, objective, fit, test)
+        scores = test_scores(generator, objective, fit, test)
         v = heldout_errors(generator, objective, fit, val)[0]
         generator.train()
-        return (done, secs, l1, psnr, v)
+        return (done, secs, scores["l1"], scores["psnr"], v, scores)
 
     curve = [point(0, 0.0)]
     clock = {"eval": 0.0}
@@ -86,15 +135,26 @@ def run_curve(name, generator, objective, train, test, seconds: float, eval_ever
             t0 = time.perf_counter()
             curve.append(point(done, train_seconds))
             clock["eval"] += time.perf_counter() - t0
-            _, _, l1, psnr, v = curve[-1]
-            print(f"  {name}: step {done:4d}  {train_seconds:6.1f}s  held-out L1 {l1:.4f}  PSNR {psnr:.2f}  "
-                  f"validation L1 {v:.4f}")
+            report(curve[-1])
         return None
+
+    def report(c: tuple) -> None:
+        done, secs, l1, psnr, v, sc = c
+        print(f"  {name}: step {done:4d}  {secs:6.1f}s  held-out L1 {l1:.4f}  PSNR {psnr:.2f}  "
+              f"detail {sc['detail']:.3f}  mouth L1 {sc['mouth_l1']:.4f}  validation L1 {v:.4f}")
+
+    def stop_or_measure(step: int, loss: float, elapsed: float):
+        if elapsed - clock["eval"] >= seconds:
+            return True
+        return callback(step, loss, elapsed)
 
     generator.train()
     params = [p for p in generator.parameters() if p.requires_grad]
-    adapt(generator, loss_fn, seconds=None, steps=10**9, lr=lr, params=params,
-          callback=lambda s, loss, e: True if e - clock["eval"] >= seconds else callback(s, loss, e))
+    result = adapt(generator, loss_fn, seconds=None, steps=10**9, lr=lr, params=params, callback=stop_or_measure)
+    done = int(result.steps)
+    if curve[-1][0] != done:  # the budget ran out between two measurements: measure where it ended
+        curve.append(point(done, result.seconds - clock["eval"]))
+        report(curve[-1])
     return curve
 
 
@@ -110,10 +170,68 @@ def first_reach(curve, target: float):
     return None, None
 
 
+def person_rows(curves: dict, budget: float, target: float) -> dict:
+    rows = {}
+    for name, curve in curves.items():
+        end = curve[-1]  # measured when the budget ran out
+        steps, secs = first_reach(curve, target)
+        kept = early_stopped(curve, float("inf"))
+        rows[name] = {"l1_0": curve[0][2], "l1_budget": end[2], "psnr_budget": end[3], "psnr_0": curve[0][3],
+                      "detail_budget": end[5]["detail"], "mouth_l1_budget": end[5]["mouth_l1"],
+                      "mouth_l1_0": curve[0][5]["mouth_l1"], "mouth_psnr_budget": end[5]["mouth_psnr"],
+                      "steps_budget": end[0], "seconds_budget": end[1], "best": min(c[2] for c in curve),
+                      "l1_budget_early_stopping": kept[2], "early_stopping_step": kept[0],
+                      "steps_to_target": steps, "seconds_to_target": secs, "curve": curve}
+    return rows
+
+
+def print_person(rows: dict, budget: float) -> None:
+    print(f"| start | L1 at 0 s | L1 at {budget:g} s (steps, s) | PSNR 0 s → {budget:g} s | detail at {budget:g} s "
+          f"| mouth-box L1 0 s → {budget:g} s | saved (early stopping): L1 / step | steps to target | seconds to target |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        if not isinstance(r, dict) or "l1_0" not in r:
+            continue
+        secs = "–" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
+        print(f"| {name} | {r['l1_0']:.4f} | {r['l1_budget']:.4f} ({r['steps_budget']}, {r['seconds_budget']:.1f}) "
+              f"| {r['psnr_0']:.2f} → {r['psnr_budget']:.2f} | {r['detail_budget']:.3f} "
+              f"| {r['mouth_l1_0']:.4f} → {r['mouth_l1_budget']:.4f} "
+              f"| {r['l1_budget_early_stopping']:.4f} / {r['early_stopping_step']} "
+              f"| {r['steps_to_target'] if r['steps_to_target'] is not None else 'not reached'} "
+              f"| {secs} |")
+
+
+def print_summary(people: dict, budget: float) -> dict:
+    """Median and spread (min–max) over people of each start's numbers, and the cut of each start's
+    error at the budget against the plain start at 0 s."""
+    starts = [k for k, v in next(iter(people.values()))["rows"].items() if isinstance(v, dict) and "l1_0" in v]
+    keys = ["l1_0", "l1_budget", "psnr_budget", "detail_budget", "mouth_l1_budget"]
+    summary = {}
+    print(f"\nover {len(people)} held-out people: median [min – max]\n")
+    print(f"| start | L1 at 0 s | L1 at {budget:g} s | PSNR at {budget:g} s | detail at {budget:g} s "
+          f"| mouth-box L1 at {budget:g} s | cut vs plain start at 0 s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in starts:
+        vals = {k: np.array([p["rows"][name][k] for p in people.values()], np.float64) for k in keys}
+        plain0 = np.array([p["rows"]["base (pretrained)"]["l1_0"] for p in people.values()])
+        vals["cut"] = 1.0 - vals["l1_budget"] / plain0
+        summary[name] = {k: {"median": float(np.nanmedian(v)), "min": float(np.nanmin(v)), "max": float(np.nanmax(v))}
+                         for k, v in vals.items()}
+
+        def cell(k, p=4):
+            m = summary[name][k]
+            return f"{m['median']:.{p}f} [{m['min']:.{p}f} – {m['max']:.{p}f}]"
+
+        print(f"| {name} | {cell('l1_0')} | {cell('l1_budget')} | {cell('psnr_budget', 2)} | {cell('detail_budget', 3)} "
+              f"| {cell('mouth_l1_budget')} | {cell('cut', 3)} |")
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--weights", default=str(REPO / "weights"))
+    ap.add_argument("--clip", default="all", help="'all' held-out people (default), an index, or part of a clip id")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--lr", type=float, default=2e-4)
@@ -133,59 +251,52 @@ def main() -> None:
 
     folder = resolve_pipeline_folder(args.weights, components=("base", "meta"))
     index = read_model_index(folder)
-    clip, train, test = heldout_person(args.data)
-    print(f"held-out person: {clip}; {len(train)} personalization frames, {len(test)} held-out frames; "
-          f"budget {args.seconds:g}s per start; {args.threads} threads")
     objective = GeneratorObjective(load_identity_encoder(None), ObjectiveConfig(**PersonalizeOptions().objective))
-    curves = {}
     starts = [("base (pretrained)", "generator")] + ([("meta-learned", "meta")] if index.get("meta") else [])
-    for name, comp in starts:
-        torch.manual_seed(0)
-        gen = MetaPortraitGenerator.from_pretrained(component_folder(folder, index, comp))
-        print(f"{name}:")
-        curves[name] = run_curve(name, gen, objective, train, test, args.seconds, args.eval_every, args.lr, args.batch)
-
-    base_curve = curves["base (pretrained)"]
-    target = args.target if args.target is not None else min(c[2] for c in base_curve)
-    print(f"\ntarget held-out L1: {target:.4f} ({'given' if args.target else 'best the base start reached'})\n")
-    print("| start | L1 at 0 s | L1 at 30 s | PSNR at 30 s | saved at 30 s (early stopping): L1 / step | best L1 "
-          "| steps to target | seconds to target |")
-    print("|---|---|---|---|---|---|---|---|")
-    rows = {}
-    for name, curve in curves.items():
-        at30 = [c for c in curve if c[1] <= 30.0][-1]
-        steps, secs = first_reach(curve, target)
-        kept = early_stopped(curve, 30.0)
-        rows[name] = {"l1_0": curve[0][2], "l1_30": at30[2], "psnr_30": at30[3], "best": min(c[2] for c in curve),
-                      "l1_30_early_stopping": kept[2], "early_stopping_step": kept[0],
-                      "steps_to_target": steps, "seconds_to_target": secs, "curve": curve}
-        print(f"| {name} | {curve[0][2]:.4f} | {at30[2]:.4f} | {at30[3]:.2f} | {kept[2]:.4f} / {kept[0]} "
-              f"| {rows[name]['best']:.4f} | "
-              f"{steps if steps is not None else 'not reached'} | {f'{secs:.1f}' if secs is not None else '–'} |")
-    if "meta-learned" in rows:
-        b, m = rows["base (pretrained)"]["seconds_to_target"], rows["meta-learned"]["seconds_to_target"]
-        ratio = (b / m) if (b and m) else None
-        print(f"\nspeedup (base seconds / meta seconds to target): {f'{ratio:.2f}×' if ratio else 'n/a'} (paper: 3×)")
-        rows["speedup"] = ratio
-
-    if args.fewshot:
-        rows["fewshot"] = fewshot_rows(Path(args.fewshot), train, test)
+    people: dict[str, dict] = {}
+    all_curves: dict[str, dict] = {}
+    for clip_rec in heldout_clips(args.data, args.clip):
+        clip, train, test = heldout_person(args.data, clip_rec)
+        print(f"\nheld-out person: {clip}; {len(train)} personalization frames, {len(test)} held-out frames; "
+              f"budget {args.seconds:g}s per start; {args.threads} threads")
+        curves = {}
+        for name, comp in starts:
+            torch.manual_seed(0)
+            gen = MetaPortraitGenerator.from_pretrained(component_folder(folder, index, comp))
+            print(f"{name}:")
+            curves[name] = run_curve(name, gen, objective, train, test, args.seconds, args.eval_every, args.lr, args.batch)
+        target = args.target if args.target is not None else min(c[2] for c in curves["base (pretrained)"])
+        print(f"\ntarget held-out L1: {target:.4f} ({'given' if args.target else 'best the base start reached'})\n")
+        rows = person_rows(curves, args.seconds, target)
+        print_person(rows, args.seconds)
+        if "meta-learned" in rows:
+            b, m = rows["base (pretrained)"]["seconds_to_target"], rows["meta-learned"]["seconds_to_target"]
+            ratio = (b / m) if (b and m) else None
+            print(f"\nspeedup (base seconds / meta seconds to target): {f'{ratio:.2f}×' if ratio else 'n/a'} (paper: 3×)")
+            rows["speedup"] = ratio
+        if args.fewshot:
+            rows["fewshot"] = fewshot_rows(Path(args.fewshot), train, test)
+        people[clip] = {"target": target, "rows": rows}
+        all_curves[clip] = curves
+    summary = print_summary(people, args.seconds) if len(people) > 1 else None
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps({"clip": clip, "target": target, **rows}, indent=2, default=float))
+    args.output.with_suffix(".json").write_text(json.dumps(
+        {"budget_seconds": args.seconds, "people": people, "summary": summary}, indent=2, default=float))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ax.plot([c[1] for c in curve], [c[2] for c in curve], marker="o", ms=3, label=name)
-    ax.axhline(target, color="gray", ls="--", lw=1, label="target")
-    ax.set_xlabel("seconds of fine-tuning (CPU, evaluation time excluded)")
-    ax.set_ylabel("held-out L1")
-    ax.set_title(f"personalization on an unseen person ({clip.split('/')[0]})")
-    ax.legend()
+    fig, axes = plt.subplots(1, len(all_curves), figsize=(5 * len(all_curves), 4), squeeze=False)
+    for ax, (clip, curves) in zip(axes[0], all_curves.items()):
+        for name, curve in curves.items():
+            ax.plot([c[1] for c in curve], [c[2] for c in curve], marker="o", ms=3, label=name)
+        ax.axhline(people[clip]["target"], color="gray", ls="--", lw=1, label="target")
+        ax.set_xlabel("seconds of fine-tuning (CPU, evaluation time excluded)")
+        ax.set_ylabel("held-out L1")
+        ax.set_title(clip.split("/")[0])
+        ax.legend()
     fig.tight_layout()
     fig.savefig(args.output.with_suffix(".png"), dpi=100)
     print(f"\nwrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.png')}")

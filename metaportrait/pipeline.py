@@ -396,7 +396,8 @@ class MetaPortraitPipeline:
 
             # an adapter is trained on one component (the meta-learned weights when there are any)
             component = read_adapter_config(adapter).get("metadata", {}).get("component", "generator")
-        folder = resolve_pipeline_folder(weights, components=("base", "meta") if component == "meta" else ("base",))
+        folder = resolve_pipeline_folder(weights, components=(("base", "meta") if component == "meta" else ("base",))
+                                         + (("mouth_interior",) if mouth_interior else ()))
         index = read_model_index(folder)
         gen_dir = component_folder(folder, index, component)
         if gen_dir is None:

@@ -46,7 +46,7 @@ class MouthInteriorConfig(ModelConfig):
 
     crop_size: int = 80
     mouth_width: int = 40
-    base_channels: int = 32
+    base_channels: int = 16
     max_channels: int = 128
     levels: int = 3
     bottleneck_blocks: int = 2
