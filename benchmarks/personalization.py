@@ -17,6 +17,9 @@ second half the held-out evaluation frames):
 * print steps and seconds each start needs to reach a target error (the error the base start
   reaches at the end of its budget, unless ``--target`` is given), the speedup ratio (paper:
   3×), and the error after 30 s (paper: LPIPS 0.1485 -> 0.0827);
+* optionally (``--mouth``) personalize the mouth-interior network on the person's own frames for
+  the same budget and measure the render path's mouth box (head mesh warp; + the shipped mouth
+  network; + the personalized one) on the held-out frames whose mouth is open;
 * optionally (``--fewshot DIR``) add rows for the few-shot family of Zakharov et al.:
   fine-tuning time and held-out error for T = 1, 8, 32 frames, FT and feed-forward (FF);
 * save a plot (error vs seconds) next to ``--output``.
@@ -239,6 +242,9 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fewshot", default=None, help="few-shot pipeline folder (embedder/, generator/, discriminator/)")
+    ap.add_argument("--mouth", action="store_true", help="also personalize the mouth-interior network and measure it")
+    ap.add_argument("--generator", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the generator's personalization curves (--no-generator: only --mouth)")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "personalization")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -259,16 +265,17 @@ def main() -> None:
         clip, train, test = heldout_person(args.data, clip_rec)
         print(f"\nheld-out person: {clip}; {len(train)} personalization frames, {len(test)} held-out frames; "
               f"budget {args.seconds:g}s per start; {args.threads} threads")
-        curves = {}
-        for name, comp in starts:
+        curves, rows, target = {}, {}, None
+        for name, comp in starts if args.generator else ():
             torch.manual_seed(0)
             gen = MetaPortraitGenerator.from_pretrained(component_folder(folder, index, comp))
             print(f"{name}:")
             curves[name] = run_curve(name, gen, objective, train, test, args.seconds, args.eval_every, args.lr, args.batch)
-        target = args.target if args.target is not None else min(c[2] for c in curves["base (pretrained)"])
-        print(f"\ntarget held-out L1: {target:.4f} ({'given' if args.target else 'best the base start reached'})\n")
-        rows = person_rows(curves, args.seconds, target)
-        print_person(rows, args.seconds)
+        if curves:
+            target = args.target if args.target is not None else min(c[2] for c in curves["base (pretrained)"])
+            print(f"\ntarget held-out L1: {target:.4f} ({'given' if args.target else 'best the base start reached'})\n")
+            rows = person_rows(curves, args.seconds, target)
+            print_person(rows, args.seconds)
         if "meta-learned" in rows:
             b, m = rows["base (pretrained)"]["seconds_to_target"], rows["meta-learned"]["seconds_to_target"]
             ratio = (b / m) if (b and m) else None
@@ -276,13 +283,28 @@ def main() -> None:
             rows["speedup"] = ratio
         if args.fewshot:
             rows["fewshot"] = fewshot_rows(Path(args.fewshot), train, test)
+        if args.mouth:
+            rows["mouth"] = mouth_rows(args.weights, train, test, args.seconds)
         people[clip] = {"target": target, "rows": rows}
         all_curves[clip] = curves
-    summary = print_summary(people, args.seconds) if len(people) > 1 else None
+    summary = print_summary(people, args.seconds) if len(people) > 1 and args.generator else None
+    if args.mouth and len(people) > 1:
+        print(f"\nmouth box of the render path over {len(people)} held-out people: median [min – max]\n")
+        print("| render path | PSNR | L1 | detail |")
+        print("|---|---|---|---|")
+        for name in ("head mesh warp", "+ mouth network", "+ personalized mouth"):
+            cells = []
+            for k, p in (("mouth_psnr", 2), ("mouth_l1", 4), ("mouth_detail", 3)):
+                v = np.array([q["rows"]["mouth"][name][k] for q in people.values()])
+                cells.append(f"{np.nanmedian(v):.{p}f} [{np.nanmin(v):.{p}f} – {np.nanmax(v):.{p}f}]")
+            print(f"| {name} | " + " | ".join(cells) + " |")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(
         {"budget_seconds": args.seconds, "people": people, "summary": summary}, indent=2, default=float))
+    if not all_curves or not any(all_curves.values()):
+        print(f"\nwrote {args.output.with_suffix('.json')}")
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -300,6 +322,51 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.output.with_suffix(".png"), dpi=100)
     print(f"\nwrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.png')}")
+
+
+def mouth_rows(weights: str, train, test, seconds: float) -> dict:
+    """Mouth-box PSNR / L1 / detail of the render path on the held-out frames with an open mouth:
+    the head mesh warp alone, with the shipped mouth network, and with that network fine-tuned on
+    the person's own frames for ``seconds`` (pair building included)."""
+    import copy
+
+    from metaportrait.evaluation.reenactment import MOUTH_OPEN, head_mesh_warp, mouth_box, mouth_opening, mouth_scores
+    from metaportrait.mouth import MouthFiller
+    from metaportrait.pipeline import MetaPortraitPipeline
+    from metaportrait.training.train_mouth import finetune_mouth
+
+    pipe = MetaPortraitPipeline.from_pretrained(weights, device="cpu")
+    if pipe.mouth is None:
+        raise SystemExit("--mouth: the weights folder has no mouth_interior component")
+    source = pipe.source_from_crop(np.ascontiguousarray(train.frames[0]), np.asarray(train.landmarks[0]))
+    idx = [j for j in range(len(test)) if mouth_opening(test.landmarks[j]) > MOUTH_OPEN]
+    targets = [np.asarray(test.landmarks[j], np.float32) for j in idx]
+    warped = head_mesh_warp(pipe, source, targets)
+    torch.manual_seed(0)
+    net = copy.deepcopy(pipe.mouth.network).float()
+    t0 = time.perf_counter()
+    info = finetune_mouth(net, np.ascontiguousarray(train.frames), np.asarray(train.landmarks), seconds=seconds)
+    info["wall_seconds"] = time.perf_counter() - t0
+    out = {"frames": len(idx), "finetune": info}
+    for name, filler in (("head mesh warp", None), ("+ mouth network", pipe.mouth), ("+ personalized mouth", MouthFiller(net))):
+        vals = {"mouth_psnr": [], "mouth_detail": [], "mouth_l1": []}
+        for img, t, j in zip(warped, targets, idx):
+            if filler is not None:
+                img = filler(img, t, source.face, source.landmarks)
+            gt = test.frames[j]
+            sc = mouth_scores(img, gt, t)
+            x0, y0, x1, y1 = mouth_box(t, gt.shape)
+            vals["mouth_psnr"].append(sc["mouth_psnr"])
+            vals["mouth_detail"].append(sc["mouth_detail"])
+            vals["mouth_l1"].append(float(np.abs(img[y0:y1, x0:x1].astype(np.float32) - gt[y0:y1, x0:x1]).mean() / 255))
+        out[name] = {k: float(np.mean(v)) if v else float("nan") for k, v in vals.items()}
+    print(f"\n| render path, mouth box ({len(idx)} open-mouth held-out frames) | PSNR | L1 | detail |")
+    print("|---|---|---|---|")
+    for name in ("head mesh warp", "+ mouth network", "+ personalized mouth"):
+        r = out[name]
+        print(f"| {name} | {r['mouth_psnr']:.2f} | {r['mouth_l1']:.4f} | {r['mouth_detail']:.3f} |")
+    print(f"(mouth personalization: {info['steps']:.0f} steps on {info['pairs']:.0f} pairs in {info['seconds']:.1f} s)")
+    return out
 
 
 def fewshot_rows(folder: Path, train, test) -> list[dict]:

@@ -173,19 +173,28 @@ def paste_mouth(frame: np.ndarray, prediction: np.ndarray, affine: np.ndarray, i
     corner distance in frame pixels), at the frame's resolution; pixels where the mask is 0 are the
     frame's own, bit for bit."""
     h, w = frame.shape[:2]
-    mask = inner_mask(inner, mouth_width, h, w)
-    ys, xs = np.nonzero(mask)
     out = frame.copy()
+    # the mask is computed in the polygon's box grown by the mask's reach (dilation + 4σ blur), which
+    # gives the same values as over the whole frame at a fraction of the cost on a large photo
+    inner = np.asarray(inner, np.float64)[:, :2]
+    reach = int(np.ceil(MASK_GROW * mouth_width + 4 * max(0.5, MASK_FEATHER * mouth_width))) + 3
+    bx0, by0 = (np.floor(inner.min(0)).astype(int) - reach).clip(0)
+    bx1, by1 = np.minimum(np.ceil(inner.max(0)).astype(int) + reach, [w, h])
+    if bx1 <= bx0 or by1 <= by0:
+        return out
+    mask = inner_mask(inner - [bx0, by0], mouth_width, int(by1 - by0), int(bx1 - bx0))
+    ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return out
-    y0, y1 = int(ys.min()), int(ys.max()) + 1
-    x0, x1 = int(xs.min()), int(xs.max()) + 1
+    mask = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    y0, y1 = int(by0 + ys.min()), int(by0 + ys.max()) + 1
+    x0, x1 = int(bx0 + xs.min()), int(bx0 + xs.max()) + 1
     shifted = affine.copy()  # frame pixels of the region -> crop pixels
     shifted[:, 2] = affine[:, 2] + affine[:, :2] @ np.array([x0, y0], np.float64)
     # warpAffine with WARP_INVERSE_MAP samples prediction at shifted(region pixel)
     region = cv2.warpAffine(prediction, _index_affine(shifted), (x1 - x0, y1 - y0),
                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-    m = mask[y0:y1, x0:x1, None]
+    m = mask[..., None]
     base = frame[y0:y1, x0:x1].astype(np.float32)
     blended = np.clip(np.rint(base + m * (region - base)), 0, 255).astype(np.uint8)
     out[y0:y1, x0:x1] = np.where(m > 0, blended, frame[y0:y1, x0:x1])

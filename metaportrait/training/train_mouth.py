@@ -122,14 +122,22 @@ class MouthPairs(torch.utils.data.Dataset):
     ``augment``; items: ``warped``, ``source``, ``target`` (3×S×S in [-1, 1]), ``lips`` (3×S×S)
     and ``mask`` (1×S×S, the feathered inner-lip mask)."""
 
-    def __init__(self, cache_dir: str | Path, split: str, crop_size: int, mouth_width: float, augment: bool) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], crop_size: int, mouth_width: float, augment: bool) -> None:
+        if not len(arrays.get("target", ())):
+            raise ValueError("no mouth pairs")
+        self.arrays = arrays
+        self.crop_size, self.mouth_width, self.augment = crop_size, float(mouth_width), augment
+        self.files: list[Path] = []
+
+    @classmethod
+    def from_cache(cls, cache_dir: str | Path, split: str, crop_size: int, mouth_width: float, augment: bool) -> MouthPairs:
         files = sorted(Path(cache_dir).expanduser().glob(f"{split}__*.npz"))
         if not files:
             raise FileNotFoundError(f"no {split} pairs in {cache_dir} (run build_cache first)")
         parts = [dict(np.load(f)) for f in files]
-        self.arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        self.crop_size, self.mouth_width, self.augment = crop_size, float(mouth_width), augment
-        self.files = files
+        out = cls({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, crop_size, mouth_width, augment)
+        out.files = files
+        return out
 
     def __len__(self) -> int:
         return len(self.arrays["target"])
@@ -210,8 +218,8 @@ def train_mouth(config: MouthTrainConfig) -> Path:
     set_seed(config.seed)
     cfg = config.model
     build_cache(config.data_dir, config.cache_dir, mouth_width=cfg.mouth_width, seed=config.seed)
-    train = MouthPairs(config.cache_dir, TRAIN, cfg.crop_size, cfg.mouth_width, augment=True)
-    val = MouthPairs(config.cache_dir, "val", cfg.crop_size, cfg.mouth_width, augment=False)
+    train = MouthPairs.from_cache(config.cache_dir, TRAIN, cfg.crop_size, cfg.mouth_width, augment=True)
+    val = MouthPairs.from_cache(config.cache_dir, "val", cfg.crop_size, cfg.mouth_width, augment=False)
     accelerator.print(f"{len(train)} training pairs from {len(train.files)} clips, {len(val)} validation pairs")
     loader = torch.utils.data.DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=0)
     model = MouthInteriorNetwork(cfg)
@@ -304,6 +312,72 @@ def train_mouth(config: MouthTrainConfig) -> Path:
     return final
 
 
+# ------------------------------------------------------------------------------- one person
+def person_pairs(frames: np.ndarray, landmarks: np.ndarray, mouth_width: float, max_pairs: int = 96,
+                 open_threshold: float = 0.05, seed: int = 0) -> dict[str, np.ndarray]:
+    """Self-reenactment mouth pairs among one person's 256² frames (targets: the open mouths first)."""
+    rng = np.random.default_rng(seed)
+    n = len(frames)
+    if n < 2:
+        raise ValueError(f"need at least 2 frames of the person, got {n}")
+    opening = np.array([mouth_opening(lm) for lm in landmarks])
+    targets = np.argsort(-opening)
+    targets = np.concatenate([targets[opening[targets] >= open_threshold], targets[opening[targets] < open_threshold]])
+    rows: dict[str, list[np.ndarray]] = {}
+    rings_cache: dict = {}
+    for k in range(max_pairs):
+        t = int(targets[k % len(targets)])
+        s = int(rng.choice([i for i in range(n) if i != t]))
+        for key, v in _pair(frames, landmarks, s, t, mouth_width, rings_cache).items():
+            rows.setdefault(key, []).append(v)
+    return {k: np.stack(v) for k, v in rows.items()}
+
+
+def finetune_mouth(network: MouthInteriorNetwork, frames: np.ndarray, landmarks: np.ndarray, *, seconds: float = 30.0,
+                   lr: float = 1e-4, batch_size: int = 4, max_pairs: int = 64, seed: int = 0,
+                   perceptual: torch.nn.Module | None = None) -> dict[str, float]:
+    """Fine-tune ``network`` in place on one person's own frames (personalization, MetaPortrait
+    §3.2: the person-specific part learns the person's own teeth) within ``seconds`` of wall
+    time, the pair building included; L1 + perceptual on the composite. Returns steps and seconds."""
+    from metaportrait.training.losses import PerceptualLoss
+
+    t0 = time.monotonic()
+    cfg = network.config
+    pairs = MouthPairs(person_pairs(frames, landmarks, cfg.mouth_width, max_pairs, seed=seed), cfg.crop_size,
+                       cfg.mouth_width, augment=True)
+    perceptual = perceptual if perceptual is not None else PerceptualLoss(pyramid=(0.5,), network="auto")
+    opt = torch.optim.Adam(network.parameters(), lr=lr, betas=(0.5, 0.999))
+    rng = np.random.default_rng(seed)
+    network.train()
+    steps = 0
+    while time.monotonic() - t0 < seconds:
+        items = [pairs[int(i)] for i in rng.integers(len(pairs), size=batch_size)]
+        w, lips, src, tgt, m = (torch.stack([x[k] for x in items]) for k in ("warped", "lips", "source", "target", "mask"))
+        fake = composite(w, network(w, lips, src).image, m)
+        loss = 10.0 * _masked_l1(fake, tgt, m) + perceptual(fake, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    network.eval()
+    return {"steps": float(steps), "seconds": time.monotonic() - t0, "pairs": float(len(pairs))}
+
+
+def export_checkpoint(checkpoint: str | Path, dest: str | Path, model: MouthInteriorConfig = MouthInteriorConfig()) -> Path:
+    """Write a checkpoint's EMA weights as a ``save_pretrained`` folder (``config.json`` +
+    ``model.safetensors``)."""
+    from diffusers.training_utils import EMAModel
+
+    from metaportrait.training.checkpoint import load_ema
+
+    net = MouthInteriorNetwork(model)
+    ema = EMAModel(net.parameters())
+    load_ema(checkpoint, ema)
+    ema.copy_to(net.parameters())
+    net.save_pretrained(Path(dest))
+    return Path(dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(prog="train-mouth", description="Train the mouth-interior network.")
@@ -314,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-steps", type=int, default=MouthTrainConfig.num_steps)
     parser.add_argument("--batch-size", type=int, default=MouthTrainConfig.batch_size)
     parser.add_argument("--cache-only", action="store_true", help="build the pair cache and stop")
+    parser.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "DEST"),
+                        help="write a checkpoint's EMA weights to DEST (save_pretrained) and stop")
     args = parser.parse_args(argv)
+    if args.export:
+        print(export_checkpoint(*args.export))
+        return 0
     config = MouthTrainConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, output_dir=args.output_dir,
                               minutes=args.minutes, num_steps=args.num_steps, batch_size=args.batch_size)
     if args.cache_only:
