@@ -168,6 +168,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "meta-train": ("metaportrait.training.meta_train", "Reptile meta-learning of a personalizable initialisation"),
     "personalize": ("metaportrait.personalize", "adapt the model to one person in seconds (adapter or full)"),
     "train-sr": ("metaportrait.training.train_sr", "train the temporal super-resolution network"),
+    "train-mouth": ("metaportrait.training.train_mouth", "train the mouth-interior network (teeth, tongue)"),
     "upscale": ("metaportrait.superres", "upscale a 256² face video to 512² (temporal super-resolution)"),
     "train-fewshot": ("metaportrait.training.fewshot", "meta-learn the few-shot model of Zakharov et al. 2019"),
     "reenact-fewshot": ("metaportrait.fewshot_pipeline", "reenact a few-shot personalized model with a driving video"),

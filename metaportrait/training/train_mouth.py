@@ -18,8 +18,8 @@ of every identity trains it, except the held-out identities and each clip's held
    colour jitter shared by the three crops; resumable checkpoints (:mod:`.checkpoint`) and a
    JSON-lines log; the EMA weights are exported with ``save_pretrained``.
 
-    python -m metaportrait.training.train_mouth --data-dir /work/data/prepared \\
-        --cache-dir ~/.cache/metaportrait/mouth --output-dir runs/mouth --minutes 55
+    metaportrait train-mouth --data-dir data/prepared --cache-dir ~/.cache/metaportrait/mouth \\
+        --output-dir runs/mouth --minutes 50
 """
 
 from __future__ import annotations
