@@ -11,7 +11,7 @@ Two kinds of rows:
   closed frame, targets = its most open frames; columns: truth, mesh warp, ours (256² crops).
 
     python scripts/mouth_strip.py --source examples/astronaut.jpg --driving examples/driving_speech.mp4 \\
-        --data /work/data/prepared --clip fi_RGuHfwIRKpA --output docs/mouth_strip.jpg
+        --data data/prepared --clip fi_RGuHfwIRKpA fi_YwsVpkumbJc --output docs/mouth_strip.jpg
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def main() -> None:
     ap.add_argument("--source")
     ap.add_argument("--driving")
     ap.add_argument("--data")
-    ap.add_argument("--clip")
+    ap.add_argument("--clip", nargs="+", default=[])
     ap.add_argument("--count", type=int, default=2)
     ap.add_argument("--output", required=True)
     args = ap.parse_args()
@@ -109,8 +109,8 @@ def main() -> None:
     sections = []
     if args.source and args.driving:
         sections.append(np.concatenate(driven_rows(pipe, args.source, args.driving, args.count), 0))
-    if args.data and args.clip:
-        sections.append(np.concatenate(heldout_rows(pipe, plain, args.data, args.clip, args.count), 0))
+    for clip in args.clip if args.data else ():
+        sections.append(np.concatenate(heldout_rows(pipe, plain, args.data, clip, args.count), 0))
     if not sections:
         raise SystemExit("give --source and --driving, and/or --data and --clip")
     width = max(s.shape[1] for s in sections)
