@@ -7,7 +7,9 @@ on a horizontal line ``mouth_width`` pixels long through the centre of an ``S×S
 warped output's mouth crop, the driving lips rasterised in it and the source's own mouth crop, and
 its prediction is pasted back into the output *only* inside a feathered mask of the driving
 inner-lip polygon drawn at the output's resolution, and only while the mouth is open (inner-lip gap
-over mouth width above :data:`OPEN_THRESHOLD`). Outside the mask the output is the warp exactly.
+over mouth width above :data:`OPEN_THRESHOLD` and :data:`SOURCE_MARGIN` beyond the source's own
+opening, faded in over :data:`RAMP`: :func:`fill_strength`). Outside the mask the output is the warp
+exactly.
 
 Images are uint8 RGB ``H×W×3``; landmarks are continuous pixel coordinates (centres at ``i + 0.5``).
 """
@@ -23,6 +25,11 @@ from metaportrait.models.mouth_interior import MouthInteriorNetwork
 
 OPEN_THRESHOLD = 0.06
 """Inner-lip gap (landmarks 13-14) over mouth width (61-291) above which the mouth counts as open."""
+SOURCE_MARGIN = 0.05
+"""The driving mouth must open this much (same units) beyond the source's own opening: where the
+source already shows as much mouth as the driver asks for, the warp carries its real pixels."""
+RAMP = 0.06
+"""Over this much more opening the network's share rises from 0 to 1 (no popping from frame to frame)."""
 MASK_GROW = 0.04
 """The inner-lip mask is grown by this fraction of the mouth width (covers the lips' inner rim)."""
 MASK_FEATHER = 0.03
@@ -34,6 +41,14 @@ def mouth_opening(landmarks: np.ndarray) -> float:
     lm = np.asarray(landmarks, np.float64)[:, :2]
     width = np.linalg.norm(lm[MOUTH_LEFT_CORNER] - lm[MOUTH_RIGHT_CORNER])
     return float(np.linalg.norm(lm[13] - lm[14]) / max(width, 1e-6))
+
+
+def fill_strength(driving: np.ndarray, source: np.ndarray, threshold: float = OPEN_THRESHOLD) -> float:
+    """How much (0..1) of the network's mouth to use for ``driving`` landmarks on a ``source`` face:
+    0 while the driving mouth is closed or opens no further than the source's own, rising to 1
+    over :data:`RAMP` beyond ``max(threshold, source opening + SOURCE_MARGIN)``."""
+    start = max(threshold, mouth_opening(source) + SOURCE_MARGIN)
+    return float(np.clip((mouth_opening(driving) - start) / RAMP, 0.0, 1.0))
 
 
 def mouth_frame(landmarks: np.ndarray, crop_size: int, mouth_width: float) -> np.ndarray:
@@ -145,13 +160,15 @@ class MouthFiller:
     def __call__(self, frame: np.ndarray, landmarks: np.ndarray, source_face: np.ndarray,
                  source_landmarks: np.ndarray) -> np.ndarray:
         """``frame`` (uint8, the warped output) with the mouth interior drawn where the driving
-        ``landmarks`` (pixels of ``frame``) open the mouth; a copy of ``frame`` when it is closed.
+        ``landmarks`` (pixels of ``frame``) open the mouth beyond the source's own opening
+        (:func:`fill_strength`); a copy of ``frame`` otherwise.
         ``source_face``/``source_landmarks``: the source crop and its landmarks (its pixels)."""
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"frame must be uint8 H×W×3, got {frame.dtype} {frame.shape}")
         lm = np.asarray(landmarks, np.float64)
-        if mouth_opening(lm) <= self.threshold:
+        strength = fill_strength(lm, source_landmarks, self.threshold)
+        if strength <= 0.0:
             return frame.copy()
         s = self.crop_size
         a = mouth_frame(lm, s, self.mouth_width)
@@ -163,15 +180,15 @@ class MouthFiller:
                            _to_tensor(src[None], self.device)).image
         pred = ((out[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) * 127.5).astype(np.float32)
         width = float(np.linalg.norm(lm[MOUTH_LEFT_CORNER, :2] - lm[MOUTH_RIGHT_CORNER, :2]))
-        return paste_mouth(frame, pred, a, lm[list(MOUTH_INNER)], width)
+        return paste_mouth(frame, pred, a, lm[list(MOUTH_INNER)], width, strength)
 
 
 def paste_mouth(frame: np.ndarray, prediction: np.ndarray, affine: np.ndarray, inner: np.ndarray,
-                mouth_width: float) -> np.ndarray:
+                mouth_width: float, strength: float = 1.0) -> np.ndarray:
     """``frame`` with ``prediction`` (``S×S×3`` float, grey levels, in the mouth frame ``affine``)
     blended in under the feathered inner-lip mask of ``inner`` (frame pixels; ``mouth_width``: the
-    corner distance in frame pixels), at the frame's resolution; pixels where the mask is 0 are the
-    frame's own, bit for bit."""
+    corner distance in frame pixels) times ``strength``, at the frame's resolution; pixels where
+    the mask is 0 are the frame's own, bit for bit."""
     h, w = frame.shape[:2]
     out = frame.copy()
     # the mask is computed in the polygon's box grown by the mask's reach (dilation + 4σ blur), which
@@ -194,7 +211,7 @@ def paste_mouth(frame: np.ndarray, prediction: np.ndarray, affine: np.ndarray, i
     # warpAffine with WARP_INVERSE_MAP samples prediction at shifted(region pixel)
     region = cv2.warpAffine(prediction, _index_affine(shifted), (x1 - x0, y1 - y0),
                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-    m = mask[..., None]
+    m = mask[..., None] * float(strength)
     base = frame[y0:y1, x0:x1].astype(np.float32)
     blended = np.clip(np.rint(base + m * (region - base)), 0, 255).astype(np.uint8)
     out[y0:y1, x0:x1] = np.where(m > 0, blended, frame[y0:y1, x0:x1])
@@ -205,9 +222,12 @@ __all__ = [
     "MASK_FEATHER",
     "MASK_GROW",
     "OPEN_THRESHOLD",
+    "RAMP",
+    "SOURCE_MARGIN",
     "MouthFiller",
     "apply_affine",
     "crop_mouth",
+    "fill_strength",
     "fill_polygon",
     "inner_mask",
     "lip_image",

@@ -13,7 +13,7 @@ from metaportrait.errors import WeightsError
 from metaportrait.face.controls import set_mouth_opening
 from metaportrait.face.regions import MOUTH_INNER
 from metaportrait.models.mouth_interior import MouthInteriorConfig, MouthInteriorNetwork
-from metaportrait.mouth import OPEN_THRESHOLD, MouthFiller, inner_mask, mouth_opening
+from metaportrait.mouth import OPEN_THRESHOLD, MouthFiller, fill_strength, inner_mask, mouth_opening
 from metaportrait.pipeline import MetaPortraitPipeline, draw
 
 from conftest import REPO
@@ -94,3 +94,19 @@ def test_untrained_network_gives_the_warp_back(source):
     mask = inner_mask(target[list(MOUTH_INNER), :2], float(np.linalg.norm(target[61, :2] - target[291, :2])), 256, 256)
     diff = np.abs(out.astype(np.float32) - frame.astype(np.float32))[mask > 0]
     assert diff.size and diff.mean() < 4.0  # the crop's bilinear resampling there and back only
+
+
+def test_source_that_already_shows_the_mouth_is_left_to_the_warp(pipe, astronaut):
+    # the astronaut smiles with her teeth showing: driven by her own landmarks, the warp carries her
+    # real teeth and the network must not repaint them
+    src = pipe.prepare_source(astronaut)
+    assert mouth_opening(src.landmarks) > OPEN_THRESHOLD
+    grid = pipe.prior_grid(src, src.landmarks)
+    warp = draw(src, grid, None, False, 256)
+    assert np.array_equal(draw(src, grid, None, False, 256, target=src.landmarks, mouth=pipe.mouth), warp)
+    # opened well beyond her own opening, the network draws
+    wide = set_mouth_opening(src.landmarks, 1.2)
+    assert fill_strength(wide, src.landmarks) > 0
+    grid = pipe.prior_grid(src, wide)
+    assert not np.array_equal(draw(src, grid, None, False, 256, target=wide, mouth=pipe.mouth),
+                              draw(src, grid, None, False, 256))
