@@ -2,8 +2,11 @@
 
 Two protocols on a prepared data folder (docs/DATA_FORMAT.md):
 
-* **self-reenactment** — source = the first held-out frame of a clip, driving = its later frames,
+* **self-reenactment** — source = the first held-out frame of a clip (``--source-frame closed``:
+  its most closed mouth, the case the mouth-interior network is for), driving = its later frames,
   ground truth = the driving frames (same crop box for the whole clip, as the paper crops);
+  besides the whole crop, PSNR / SSIM / detail ratio in the mouth box (:func:`mouth_box`) of the
+  frames whose mouth is open;
   metrics PSNR, SSIM, L1 (full 256² crop), CSIM (SFace cosine of output vs source), landmark
   errors of the output against the driving landmarks (MediaPipe on the output, normalised by the
   driving inter-ocular distance) split into *expression* (residual after the best similarity
@@ -276,6 +279,7 @@ class EvalSettings:
     cross_identity: bool = True
     methods: tuple[str, ...] = ("no motion", "mesh warp", "mesh warp + blur", "head mesh warp",
                                 "head mesh warp + mouth", "model")
+    source_frame: str = "first"  # or "closed": the clip's frame with the most closed mouth
 
 
 def _clip_arrays(data: PreparedData, clip: ClipInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -351,6 +355,11 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
             idx = [i for i in range(start, len(frames)) if valid[i]]
             if len(idx) < 3:
                 continue
+            if settings.source_frame == "closed":  # a closed-mouth photo driven by the clip's speech
+                s_i = min(idx, key=lambda i: mouth_opening(lms[i]))
+                idx = [s_i] + [i for i in idx if i != s_i]
+            elif settings.source_frame != "first":
+                raise ValueError(f"source_frame must be 'first' or 'closed', got {settings.source_frame!r}")
             s_i = idx[0]
             drive = idx[1:][:: settings.frame_stride][: settings.frames_per_clip]
             source = pipe.source_from_crop(np.ascontiguousarray(frames[s_i]), np.asarray(lms[s_i]))
@@ -432,12 +441,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-clips", type=int, default=8)
     ap.add_argument("--frames-per-clip", type=int, default=48)
     ap.add_argument("--no-cross-identity", action="store_true")
+    ap.add_argument("--source-frame", choices=["first", "closed"], default="first",
+                    help="the source of self-reenactment: the clip's first frame, or its most closed mouth")
+    ap.add_argument("--methods", default=None, help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--output", default=None, help="write OUTPUT.md and OUTPUT.json")
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device)
+    methods = EvalSettings.methods if args.methods is None else tuple(m.strip() for m in args.methods.split(","))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     settings = EvalSettings(split=args.split, max_clips=args.max_clips, frames_per_clip=args.frames_per_clip,
-                            cross_identity=not args.no_cross_identity)
+                            cross_identity=not args.no_cross_identity, methods=methods, source_frame=args.source_frame)
     report = evaluate(pipe, args.data, settings)
     gen = pipe.generator
     report.settings["generator_parameters"] = sum(p.numel() for p in gen.parameters())
