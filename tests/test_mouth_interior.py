@@ -110,3 +110,18 @@ def test_source_that_already_shows_the_mouth_is_left_to_the_warp(pipe, astronaut
     grid = pipe.prior_grid(src, wide)
     assert not np.array_equal(draw(src, grid, None, False, 256, target=wide, mouth=pipe.mouth),
                               draw(src, grid, None, False, 256))
+
+
+def test_mouth_box_scores_on_a_real_face(source):
+    import cv2
+
+    from metaportrait.evaluation.reenactment import mouth_box, mouth_scores
+
+    lm = set_mouth_opening(source.landmarks, 0.8)
+    x0, y0, x1, y1 = mouth_box(lm, source.face.shape)
+    inner = lm[list(MOUTH_INNER), :2]
+    assert x0 < inner[:, 0].min() and inner[:, 0].max() < x1 and y0 < inner[:, 1].min() and inner[:, 1].max() < y1
+    same = mouth_scores(source.face, source.face, lm)
+    assert same["mouth_detail"] == pytest.approx(1.0) and same["mouth_ssim"] == pytest.approx(1.0)
+    blurred = mouth_scores(cv2.GaussianBlur(source.face, (0, 0), 2.0), source.face, lm)
+    assert blurred["mouth_detail"] < 0.8 and blurred["mouth_psnr"] < 60
