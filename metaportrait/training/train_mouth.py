@@ -143,8 +143,11 @@ class MouthPairs(torch.utils.data.Dataset):
         return len(self.arrays["target"])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.sample(i, np.random.default_rng() if self.augment else np.random.default_rng(i))
+
+    def sample(self, i: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Pair ``i``, augmented with draws from ``rng`` when ``augment``."""
         a = self.arrays
-        rng = np.random.default_rng() if self.augment else np.random.default_rng(i)
         s = self.crop_size
         ox, oy = (rng.integers(0, CACHE_CROP - s + 1, 2) if self.augment else ((CACHE_CROP - s) // 2,) * 2)
         ims = [a[k][i][oy:oy + s, ox:ox + s].astype(np.float32) for k in ("warped", "source", "target")]
@@ -334,11 +337,12 @@ def person_pairs(frames: np.ndarray, landmarks: np.ndarray, mouth_width: float, 
 
 
 def finetune_mouth(network: MouthInteriorNetwork, frames: np.ndarray, landmarks: np.ndarray, *, seconds: float = 30.0,
-                   lr: float = 1e-4, batch_size: int = 4, max_pairs: int = 64, seed: int = 0,
-                   perceptual: torch.nn.Module | None = None) -> dict[str, float]:
+                   steps: int | None = None, lr: float = 1e-4, batch_size: int = 4, max_pairs: int = 64,
+                   seed: int = 0, perceptual: torch.nn.Module | None = None) -> dict[str, float]:
     """Fine-tune ``network`` in place on one person's own frames (personalization, MetaPortrait
     §3.2: the person-specific part learns the person's own teeth) within ``seconds`` of wall
-    time, the pair building included; L1 + perceptual on the composite. Returns steps and seconds."""
+    time, the pair building included, or ``steps`` steps (whichever ends first); L1 + perceptual
+    on the composite; batches and augmentation drawn from ``seed``. Returns steps and seconds."""
     from metaportrait.training.losses import PerceptualLoss
 
     t0 = time.monotonic()
@@ -346,21 +350,22 @@ def finetune_mouth(network: MouthInteriorNetwork, frames: np.ndarray, landmarks:
     pairs = MouthPairs(person_pairs(frames, landmarks, cfg.mouth_width, max_pairs, seed=seed), cfg.crop_size,
                        cfg.mouth_width, augment=True)
     perceptual = perceptual if perceptual is not None else PerceptualLoss(pyramid=(0.5,), network="auto")
+    network.requires_grad_(True)  # a network taken from an inference pipeline comes frozen
     opt = torch.optim.Adam(network.parameters(), lr=lr, betas=(0.5, 0.999))
     rng = np.random.default_rng(seed)
     network.train()
-    steps = 0
-    while time.monotonic() - t0 < seconds:
-        items = [pairs[int(i)] for i in rng.integers(len(pairs), size=batch_size)]
+    done = 0
+    while time.monotonic() - t0 < seconds and (steps is None or done < steps):
+        items = [pairs.sample(int(i), rng) for i in rng.integers(len(pairs), size=batch_size)]
         w, lips, src, tgt, m = (torch.stack([x[k] for x in items]) for k in ("warped", "lips", "source", "target", "mask"))
         fake = composite(w, network(w, lips, src).image, m)
         loss = 10.0 * _masked_l1(fake, tgt, m) + perceptual(fake, tgt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        steps += 1
-    network.eval()
-    return {"steps": float(steps), "seconds": time.monotonic() - t0, "pairs": float(len(pairs))}
+        done += 1
+    network.eval().requires_grad_(False)
+    return {"steps": float(done), "seconds": time.monotonic() - t0, "pairs": float(len(pairs))}
 
 
 def export_checkpoint(checkpoint: str | Path, dest: str | Path, model: MouthInteriorConfig = MouthInteriorConfig()) -> Path:
