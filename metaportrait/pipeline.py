@@ -58,7 +58,9 @@ from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
 from metaportrait.runtime import Backend, GeneratorRuntime, resolve_backend
 from metaportrait.models.identity_encoder import IdentityEncoder
-from metaportrait.render import output_size, render_crop
+from metaportrait.models.mouth_interior import MouthInteriorNetwork
+from metaportrait.mouth import MouthFiller
+from metaportrait.render import output_size
 from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
@@ -96,8 +98,11 @@ class MetaPortraitPipeline:
         device: str | torch.device = "cpu",
         limits: InputLimits = DEFAULT_LIMITS,
         backend: Backend = "auto",
+        mouth_interior: MouthInteriorNetwork | None = None,
     ) -> None:
         self.device = torch.device(device)
+        # draws the inside of an opening mouth (teeth, tongue) over the warp; None: the warp alone
+        self.mouth = None if mouth_interior is None else MouthFiller(mouth_interior, self.device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.identity_encoder = identity_encoder.to(self.device).eval().requires_grad_(False)
         self.limits = limits
@@ -122,13 +127,15 @@ class MetaPortraitPipeline:
         adapter: str | Path | None = None,
         limits: InputLimits = DEFAULT_LIMITS,
         backend: Backend = "auto",
+        mouth_interior: bool = True,
     ) -> MetaPortraitPipeline:
         """Load from a pipeline folder, a single generator folder or a Hub repo id (strict).
 
         ``weights=None`` uses ``$METAPORTRAIT_WEIGHTS`` when set, else the embedded ``weights/`` folder
         of a source checkout (a wheel has none: then pass a folder or a Hub repo id);
         ``adapter`` is a personalization adapter folder (``metaportrait personalize``); ``backend``
-        chooses how the networks run (:mod:`metaportrait.runtime`: ``"auto"`` = ONNX Runtime on the CPU).
+        chooses how the networks run (:mod:`metaportrait.runtime`: ``"auto"`` = ONNX Runtime on the CPU);
+        ``mouth_interior``: load the folder's mouth-interior network when it has one (strict).
         """
         from metaportrait.identity import load_identity_encoder
 
@@ -138,7 +145,8 @@ class MetaPortraitPipeline:
 
             # an adapter is trained on one component (the meta-learned weights when there are any)
             component = read_adapter_config(adapter).get("metadata", {}).get("component", "generator")
-        folder = resolve_pipeline_folder(weights, components=("base", "meta") if component == "meta" else ("base",))
+        folder = resolve_pipeline_folder(weights, components=(("base", "meta") if component == "meta" else ("base",))
+                                         + (("mouth_interior",) if mouth_interior else ()))
         index = read_model_index(folder)
         gen_dir = component_folder(folder, index, component)
         if gen_dir is None:
@@ -150,9 +158,11 @@ class MetaPortraitPipeline:
             load_adapter(generator, adapter, base_id=component)
             generator = merge_adapter(generator)
         encoder = load_identity_encoder(identity_encoder)
+        mouth_dir = component_folder(folder, index, "mouth_interior") if mouth_interior else None
+        mouth = None if mouth_dir is None else MouthInteriorNetwork.from_pretrained(mouth_dir)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(generator, encoder, device=device, limits=limits, backend=backend)
+        return cls(generator, encoder, device=device, limits=limits, backend=backend, mouth_interior=mouth)
 
     # ------------------------------------------------------------------ source
     def prepare_source(self, image: str | Path | np.ndarray, analyzer: FaceAnalyzer | None = None) -> SourceFace:
@@ -272,9 +282,9 @@ class MetaPortraitPipeline:
         working size) for landmarks in working-size crop pixels, sampled from the photo at N²."""
         grids, residuals = self.motion(source, driving_landmarks, full_head)
         n = size or self.size
-        face = source.face_at(n)
         return np.stack([
-            render_crop(face, g, None if residuals is None else residuals[i]) for i, g in enumerate(grids)
+            draw(source, g, None if residuals is None else residuals[i], False, n, target=driving_landmarks[i],
+                 mouth=self.mouth) for i, g in enumerate(grids)
         ])
 
     @staticmethod
@@ -317,7 +327,7 @@ class MetaPortraitPipeline:
         target = self.edited_landmarks(source, options)
         grids, residuals = self.motion(source, [target], options.full_head)
         frame = draw(source, grids[0], None if residuals is None else residuals[0], options.paste_back,
-                     output_size(source.crop, options.size, self.size))
+                     output_size(source.crop, options.size, self.size), target=target, mouth=self.mouth)
         return add_visible_label(frame) if options.visible_label else frame
 
     def animate(
@@ -354,7 +364,7 @@ class MetaPortraitPipeline:
                 targets = [self.control(src, transfer_landmarks(src.landmarks, lm, reference, mode=options.mode,
                                                                 neutral_mouth=options.neutral_mouth), options)
                            for lm in driven]
-                motions.append(self.motion(src, targets, options.full_head) if targets else (None, None))
+                motions.append((self.motion(src, targets, options.full_head) if targets else (None, None), targets))
             stats["generation"] = stats.get("generation", 0.0) + time.perf_counter() - t0
             k = 0
             for lm in pending:
@@ -363,9 +373,9 @@ class MetaPortraitPipeline:
                     frame = first.image if options.paste_back else first.face_at(size)
                 else:
                     frame = None  # several faces draw in turn onto one photo
-                    for src, (grids, residuals) in zip(sources, motions):
+                    for src, ((grids, residuals), targets) in zip(sources, motions):
                         frame = draw(src, grids[k], None if residuals is None else residuals[k], options.paste_back,
-                                     size, canvas=frame)
+                                     size, canvas=frame, target=targets[k], mouth=self.mouth)
                     k += 1
                 if options.visible_label:
                     frame = add_visible_label(frame)

@@ -6,6 +6,7 @@ A *pipeline folder* (the layout of ``weights/`` and of a Hub repo made by ``push
     base/                     MetaPortraitGenerator (config.json, model.safetensors, README.md)
     meta/                     optional meta-learned generator (same class), for personalization
     sr/                       optional TemporalSuperResolution
+    mouth_interior/           optional MouthInteriorNetwork (drawn inside opening mouths)
     fewshot/{embedder,generator,discriminator}/   optional few-shot family
 
 ``PyTorchModelHubMixin.from_pretrained`` has no ``subfolder``; a Hub repo is therefore fetched
@@ -97,7 +98,8 @@ def read_model_index(folder: Path) -> dict:
 
 
 def component_folder(folder: Path, index: dict, name: str) -> Path | None:
-    """Folder of component ``name`` ("generator", "meta", "sr", "fewshot"), or None if absent."""
+    """Folder of component ``name`` ("generator", "meta", "sr", "fewshot", "mouth_interior"), or None
+    if absent."""
     sub = index.get(name)
     if not sub:
         return None

@@ -29,6 +29,7 @@ from metaportrait.models.generator import generator_config
 from metaportrait.models.gfpgan_clean import GFPGANv1CleanConfig
 from metaportrait.models.hub import HubModel, ModelConfig
 from metaportrait.models.identity_encoder import IdentityEncoderConfig
+from metaportrait.models.mouth_interior import MouthInteriorConfig
 from metaportrait.models.temporal_sr import PRESETS as SR_PRESETS
 
 
@@ -71,6 +72,10 @@ TINY: dict[str, tuple[Callable[[], ModelConfig], Forward | None]] = {
     ),
     "Embedder": (lambda: EmbedderConfig.preset("tiny"), lambda m, c: m(_images(c.image_size), _images(c.image_size, seed=1))),
     "FewShotGenerator": (lambda: FewShotGeneratorConfig.preset("tiny"), None),
+    "MouthInteriorNetwork": (
+        lambda: MouthInteriorConfig(crop_size=32, mouth_width=16, base_channels=8, max_channels=16, levels=2),
+        lambda m, c: m(_images(c.crop_size), (_images(c.crop_size, seed=1) + 1) / 2, _images(c.crop_size, seed=2)),
+    ),
     "ProjectionDiscriminator": (lambda: ProjectionDiscriminatorConfig.preset("tiny", num_videos=3), None),
     "AudioToMotion": (
         lambda: AudioToMotionConfig(n_mels=16, context_frames=4, hidden_channels=8, num_coefficients=3),
@@ -102,7 +107,7 @@ def _build(name: str) -> HubModel:
 
 
 def test_every_hub_model_is_covered():
-    assert len(MODELS) == 11, sorted(MODELS)
+    assert len(MODELS) == 12, sorted(MODELS)
     assert set(MODELS) == set(TINY), f"HubModel subclasses without a contract entry: {set(MODELS) ^ set(TINY)}"
 
 

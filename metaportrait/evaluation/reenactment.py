@@ -2,8 +2,11 @@
 
 Two protocols on a prepared data folder (docs/DATA_FORMAT.md):
 
-* **self-reenactment** — source = the first held-out frame of a clip, driving = its later frames,
+* **self-reenactment** — source = the first held-out frame of a clip (``--source-frame closed``:
+  its most closed mouth, the case the mouth-interior network is for), driving = its later frames,
   ground truth = the driving frames (same crop box for the whole clip, as the paper crops);
+  besides the whole crop, PSNR / SSIM / detail ratio in the mouth box (:func:`mouth_box`) of the
+  frames whose mouth is open;
   metrics PSNR, SSIM, L1 (full 256² crop), CSIM (SFace cosine of output vs source), landmark
   errors of the output against the driving landmarks (MediaPipe on the output, normalised by the
   driving inter-ocular distance) split into *expression* (residual after the best similarity
@@ -33,7 +36,7 @@ import numpy as np
 
 from metaportrait.evaluation.metrics import psnr, ssim  # the package's one PSNR / SSIM, re-exported here
 from metaportrait.face import FaceAnalyzer, mesh_warp_image, transfer_landmarks
-from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE
+from metaportrait.face.regions import LEFT_EYE, MOUTH_INNER, RIGHT_EYE
 from metaportrait.training.prepared import HELDOUT_FRAMES, HELDOUT_IDENTITY, ClipInfo, PreparedData
 
 Method = Callable[["object", list[np.ndarray]], np.ndarray]
@@ -52,6 +55,9 @@ class MethodScores:
     pose_error: float = float("nan")
     e_warp: float = float("nan")
     detail: float = float("nan")
+    mouth_psnr: float = float("nan")
+    mouth_ssim: float = float("nan")
+    mouth_detail: float = float("nan")
     eye_r: float = float("nan")
     mouth_r: float = float("nan")
     face_missed: float = float("nan")
@@ -76,21 +82,25 @@ class EvaluationReport:
         )
 
     def to_markdown(self) -> str:
-        head = ("| protocol | method | PSNR ↑ | SSIM ↑ | L1 ↓ | detail → 1 | CSIM ↑ | LMK err ↓ | expr err ↓ "
+        head = ("| protocol | method | PSNR ↑ | SSIM ↑ | L1 ↓ | detail → 1 | mouth PSNR ↑ | mouth SSIM ↑ "
+                "| mouth detail → 1 | CSIM ↑ | LMK err ↓ | expr err ↓ "
                 "| pose err ↓ | eye r ↑ | mouth r ↑ | E_warp ↓ | no face ↓ | ms/frame | frames |")
-        lines = [head, "|" + "---|" * 16]
+        lines = [head, "|" + "---|" * 19]
         for s in self.scores:
             def f(v, p=4):
                 return "–" if isinstance(v, float) and math.isnan(v) else f"{v:.{p}f}"
 
             lines.append(
-                f"| {s.protocol} | {s.method} | {f(s.psnr, 2)} | {f(s.ssim)} | {f(s.l1)} | {f(s.detail, 3)} | {f(s.csim)} "
+                f"| {s.protocol} | {s.method} | {f(s.psnr, 2)} | {f(s.ssim)} | {f(s.l1)} | {f(s.detail, 3)} "
+                f"| {f(s.mouth_psnr, 2)} | {f(s.mouth_ssim)} | {f(s.mouth_detail, 3)} | {f(s.csim)} "
                 f"| {f(s.landmark_error)} | {f(s.expression_error)} | {f(s.pose_error)} | {f(s.eye_r, 3)} "
                 f"| {f(s.mouth_r, 3)} | {f(s.e_warp)} "
                 f"| {f(s.face_missed, 3)} | {f(s.ms_per_frame, 1)} | {s.frames} |"
             )
         lines.append("")
         lines.append("detail: mean Sobel gradient magnitude in the face box, output / truth (cross-identity: / source);")
+        lines.append("mouth PSNR / SSIM / detail: in the true frame's inner-lip box enlarged by a quarter of the mouth")
+        lines.append(f"width on every side, over the frames whose true mouth is open (inner-lip gap > {MOUTH_OPEN} × width);")
         lines.append("eye r / mouth r: Pearson correlation of the eye / mouth opening detected on the output with the")
         lines.append("target's, per clip, averaged over clips whose target opening varies (eye: a blink).")
         lines.append("FID and LPIPS: not computed (their Inception/AlexNet weights do not ship offline).")
@@ -141,6 +151,30 @@ def detail_ratio(output: np.ndarray, truth: np.ndarray, landmarks: np.ndarray) -
     box = face_box(landmarks, output.shape)
     ref = sobel_detail(truth, box)
     return sobel_detail(output, box) / ref if ref > 0 else float("nan")
+
+
+MOUTH_OPEN = 0.06
+"""True inner-lip gap over mouth width above which a frame's mouth box is scored."""
+MOUTH_BOX_GROW = 0.25
+
+
+def mouth_box(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The inner-lip box of ``landmarks``, grown by :data:`MOUTH_BOX_GROW` × the mouth width
+    (61-291) on every side, clipped to an image of ``shape``."""
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    pad = MOUTH_BOX_GROW * np.linalg.norm(lm[61] - lm[291])
+    inner = lm[list(MOUTH_INNER)]
+    return face_box(np.stack([inner.min(0) - pad, inner.max(0) + pad]), shape)
+
+
+def mouth_scores(output: np.ndarray, truth: np.ndarray, landmarks: np.ndarray) -> dict[str, float]:
+    """PSNR, SSIM and detail ratio (output / truth Sobel) in the :func:`mouth_box` of ``landmarks``."""
+    x0, y0, x1, y1 = mouth_box(landmarks, truth.shape)
+    o, t = np.ascontiguousarray(output[y0:y1, x0:x1]), np.ascontiguousarray(truth[y0:y1, x0:x1])
+    full = (0, 0, x1 - x0, y1 - y0)
+    ref = sobel_detail(t, full)
+    return {"mouth_psnr": psnr(o, t), "mouth_ssim": ssim(o, t),
+            "mouth_detail": sobel_detail(o, full) / ref if ref > 0 else float("nan")}
 
 
 def eye_opening(landmarks: np.ndarray) -> float:
@@ -217,13 +251,21 @@ def head_mesh_warp(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
     return np.stack([render_crop(source.face, pipe.prior_grid(source, t)) for t in targets])
 
 
+def head_mesh_warp_mouth(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
+    """The full-head mesh warp with the mouth-interior network drawing inside opening mouths."""
+    if pipe.mouth is None:
+        raise ValueError("the pipeline has no mouth-interior network (weights/mouth_interior)")
+    warped = head_mesh_warp(pipe, source, targets)
+    return np.stack([pipe.mouth(img, t, source.face, source.landmarks) for img, t in zip(warped, targets)])
+
+
 def model(pipe, source, targets: list[np.ndarray]) -> np.ndarray:
     return pipe.generate(source, targets)
 
 
 METHODS: dict[str, Callable] = {"no motion": no_motion, "mesh warp": mesh_warp,
                                 "mesh warp + blur": mesh_warp_blurred, "head mesh warp": head_mesh_warp,
-                                "model": model}
+                                "head mesh warp + mouth": head_mesh_warp_mouth, "model": model}
 
 
 # ---------------------------------------------------------------------------- protocol
@@ -235,7 +277,9 @@ class EvalSettings:
     frame_stride: int = 2
     batch_size: int = 8
     cross_identity: bool = True
-    methods: tuple[str, ...] = ("no motion", "mesh warp", "mesh warp + blur", "head mesh warp", "model")
+    methods: tuple[str, ...] = ("no motion", "mesh warp", "mesh warp + blur", "head mesh warp",
+                                "head mesh warp + mouth", "model")
+    source_frame: str = "first"  # or "closed": the clip's frame with the most closed mouth
 
 
 def _clip_arrays(data: PreparedData, clip: ClipInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -294,6 +338,10 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
 
     data_dir = Path(data_dir)
     data = PreparedData(data_dir)
+    if pipe.mouth is None and "head mesh warp + mouth" in settings.methods:
+        settings = EvalSettings(**{**asdict(settings), "methods": tuple(
+            m for m in settings.methods if m != "head mesh warp + mouth")})
+        log("no mouth-interior network: its row is left out")
     chosen = _select_clips(data, settings.split)[: settings.max_clips]
     if not chosen:
         raise ValueError(f"no clips for split {settings.split!r} in {data_dir}")
@@ -307,6 +355,11 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
             idx = [i for i in range(start, len(frames)) if valid[i]]
             if len(idx) < 3:
                 continue
+            if settings.source_frame == "closed":  # a closed-mouth photo driven by the clip's speech
+                s_i = min(idx, key=lambda i: mouth_opening(lms[i]))
+                idx = [s_i] + [i for i in idx if i != s_i]
+            elif settings.source_frame != "first":
+                raise ValueError(f"source_frame must be 'first' or 'closed', got {settings.source_frame!r}")
             s_i = idx[0]
             drive = idx[1:][:: settings.frame_stride][: settings.frames_per_clip]
             source = pipe.source_from_crop(np.ascontiguousarray(frames[s_i]), np.asarray(lms[s_i]))
@@ -366,6 +419,8 @@ def _score(pipe, analyzer, acc, source, outs: np.ndarray, targets: Sequence[np.n
         for img, gt, tgt in zip(outs, gts, targets):
             acc.add(psnr=psnr(img, gt), ssim=ssim(img, gt), detail=detail_ratio(img, gt, tgt),
                     l1=float(np.abs(img.astype(np.float32) - gt.astype(np.float32)).mean() / 255.0))
+            if mouth_opening(tgt) > MOUTH_OPEN:
+                acc.add(**mouth_scores(img, gt, tgt))
     else:
         for img in outs:
             acc.add(detail=detail_ratio(img, source.face, source.landmarks))
@@ -386,12 +441,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-clips", type=int, default=8)
     ap.add_argument("--frames-per-clip", type=int, default=48)
     ap.add_argument("--no-cross-identity", action="store_true")
+    ap.add_argument("--source-frame", choices=["first", "closed"], default="first",
+                    help="the source of self-reenactment: the clip's first frame, or its most closed mouth")
+    ap.add_argument("--methods", default=None, help=f"comma-separated subset of: {', '.join(METHODS)}")
     ap.add_argument("--output", default=None, help="write OUTPUT.md and OUTPUT.json")
     ap.add_argument("--device", default=None)
     args = ap.parse_args(argv)
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device)
+    methods = EvalSettings.methods if args.methods is None else tuple(m.strip() for m in args.methods.split(","))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     settings = EvalSettings(split=args.split, max_clips=args.max_clips, frames_per_clip=args.frames_per_clip,
-                            cross_identity=not args.no_cross_identity)
+                            cross_identity=not args.no_cross_identity, methods=methods, source_frame=args.source_frame)
     report = evaluate(pipe, args.data, settings)
     gen = pipe.generator
     report.settings["generator_parameters"] = sum(p.numel() for p in gen.parameters())

@@ -27,5 +27,6 @@ from metaportrait.models.layers import (
     gaussian_blur,
     make_identity_grid,
 )
+from metaportrait.models.mouth_interior import MouthInteriorConfig, MouthInteriorNetwork, MouthInteriorOutput
 from metaportrait.models.refinement_network import RefinementConfig, RefinementNetwork, RefinementOutput
 from metaportrait.models.warping_network import WarpingConfig, WarpingNetwork, WarpingOutput
