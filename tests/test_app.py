@@ -273,6 +273,7 @@ def test_personalization_tab_fewshot_family(tmp_path):
             assert sum(1 for _ in c.decode(video=0)) == 100
     finally:
         os.environ.pop("METAPORTRAIT_WEIGHTS", None)
+        importlib.reload(importlib.import_module("app"))  # later tests get the app on the embedded weights
 
 
 @pytest.mark.browser
