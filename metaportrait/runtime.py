@@ -11,10 +11,10 @@ of three backends:
 * ``"compile"`` — ``torch.compile`` (Inductor). The fastest steady state on some machines, but it
   compiles C++ on first use (about a minute on a 2-core CPU), so it is never chosen automatically.
 
-``"auto"`` uses ONNX Runtime on the CPU for single frames (live, editing: where it measured fastest
-among the backends that start in under a second) and eager PyTorch for batches (reenact's batches
-of 8, where ONNX Runtime measured slower than eager) and on GPUs;
-``benchmarks/generator_runtime.py`` measures them side by side.
+``"auto"`` uses ONNX Runtime on the CPU (0.80× eager PyTorch's time at batch 1 and 8 on a quiet
+2-core CPU, ready in about a second) and eager PyTorch on GPUs. ``torch.compile`` measured faster in
+steady state (0.67–0.71×) but costs 40–60 s of compilation per batch shape on that CPU, too much for
+an app or a one-off command; ``benchmarks/generator_runtime.py`` measures them side by side.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from metaportrait.models.generator import MetaPortraitGenerator
 
 Backend = Literal["auto", "eager", "onnx", "compile"]
 BACKENDS = ("auto", "eager", "onnx", "compile")
-ONNX_MAX_BATCH = 1
-"""``"auto"`` sends batches up to this size to ONNX Runtime on the CPU, larger ones to eager PyTorch."""
 _INPUTS = ("source", "source_landmarks", "driving_landmarks", "identity", "prior_grid")
 
 
@@ -82,7 +80,6 @@ class GeneratorRuntime:
                  tolerance: float = 1e-4) -> None:
         self.device = next(generator.parameters()).device
         self.backend = resolve_backend(backend, self.device)
-        self.split_by_batch = backend == "auto" and self.backend == "onnx"
         self.module = _GridAndResidual(generator).eval()
         self.threads = threads or torch.get_num_threads()
         self.tolerance = tolerance
@@ -93,7 +90,7 @@ class GeneratorRuntime:
                  identity: torch.Tensor, prior_grid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = (source, source_landmarks, driving_landmarks, identity, prior_grid)
         with torch.no_grad():
-            if self.backend == "eager" or (self.split_by_batch and source.shape[0] > ONNX_MAX_BATCH):
+            if self.backend == "eager":
                 return self._eager(inputs)
             if self.backend == "compile":
                 return self._compiled(*inputs)

@@ -87,13 +87,3 @@ def test_pipeline_frames_equal_across_backends(astronaut, driving_frames):
     c = np.stack(list(geometry.animate(geometry.prepare_source(astronaut), driving_frames[:3], opts)))
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 0.05  # the heads changed the output
 
-
-@needs_ort
-def test_auto_sends_single_frames_to_onnx_and_batches_to_eager():
-    gen = _drawing_generator("tiny")
-    auto = GeneratorRuntime(gen, "auto")
-    ref = GeneratorRuntime(gen, "eager")
-    for batch in (3, 1):
-        x = _inputs(gen, batch)
-        assert float((auto(*x)[0] - ref(*x)[0]).abs().max()) < 1e-4
-    assert sorted(auto._sessions) == [1]  # the batch of 3 ran eagerly
