@@ -17,7 +17,6 @@ and ``reference_landmarks.npy`` (478×2 in pixels of that crop).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 import warnings
@@ -28,14 +27,15 @@ import cv2
 import numpy as np
 import torch
 
-from metaportrait.errors import InputTooLargeError, NoFaceError, WeightsError
+from metaportrait.errors import NoFaceError, WeightsError
 from metaportrait.face import draw_landmark_image, transfer_landmarks
 from metaportrait.io import DEFAULT_LIMITS, InputLimits
 from metaportrait.models.fewshot import FewShotGenerator
 from metaportrait.pipeline_types import ProgressCallback, ReenactOptions, ReenactResult
 from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.tracking import LandmarkTracker
-from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
+from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames
+from metaportrait.video_reader import probe_driving
 
 
 def fewshot_folder(weights: str | Path | None) -> Path:
@@ -156,16 +156,7 @@ class FewShotPipeline:
         behind on failure."""
         self.check_options(options)
         output = check_output_path(output)
-        limits = self.limits
-        if options.max_seconds is not None:
-            if options.max_seconds > limits.max_video_seconds:
-                raise InputTooLargeError(f"max_seconds {options.max_seconds:g} is over the limit of "
-                                         f"{limits.max_video_seconds:g} s")
-            limits = dataclasses.replace(limits, max_video_seconds=float("inf"), max_video_frames=2**62)
-        info = probe_video(driving, limits)
-        total = info.num_frames
-        if options.max_seconds is not None:
-            total = min(total, max(1, int(round(options.max_seconds * info.fps))))
+        info, limits, total = probe_driving(driving, self.limits, options.max_seconds)
         size = options.size or self.size
         stats: dict[str, float] = {}
         pending: list[np.ndarray] = []

@@ -19,19 +19,17 @@ Memory does not grow with the video length: frames stream through fixed-size bat
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from metaportrait import dubbing
-from metaportrait.errors import InputTooLargeError, MetaPortraitError, NoFaceError, WeightsError
+from metaportrait.errors import MetaPortraitError, NoFaceError, WeightsError
 from metaportrait.face import (
     CropTransform,
     FaceAnalyzer,
@@ -62,7 +60,8 @@ from metaportrait.models.mouth_interior import MouthInteriorNetwork
 from metaportrait.mouth import MouthFiller
 from metaportrait.render import output_size
 from metaportrait.tensors import to_tensor, to_uint8
-from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, probe_video
+from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames
+from metaportrait.video_reader import probe_driving
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
 
 # The option, source and result dataclasses, the landmark tracker and the live session live in their
@@ -81,6 +80,17 @@ from metaportrait.render import draw
 from metaportrait.tracking import LandmarkTracker
 
 logger = logging.getLogger(__name__)
+
+
+def _retarget(lm: np.ndarray, eyes: float | None, lips: float | None, smile: float) -> np.ndarray:
+    """Eye opening, mouth opening and smile set on landmarks (None / 0: left as they are)."""
+    if eyes is not None:
+        lm = set_eye_opening(lm, eyes)
+    if lips is not None:
+        lm = set_mouth_opening(lm, lips)
+    if smile:
+        lm = add_smile(lm, smile)
+    return lm
 
 
 class MetaPortraitPipeline:
@@ -292,13 +302,7 @@ class MetaPortraitPipeline:
         """Motion parts, scales and retargeting applied to a transferred target (crop pixels)."""
         if options.parts != ("all",) or options.motion_scale != 1.0 or options.pose_scale != 1.0:
             target = apply_parts(source.landmarks, target, options.parts, options.motion_scale, options.pose_scale)
-        if options.eyes is not None:
-            target = set_eye_opening(target, options.eyes)
-        if options.lips is not None:
-            target = set_mouth_opening(target, options.lips)
-        if options.smile:
-            target = add_smile(target, options.smile)
-        return irises_inside_eyelids(target)
+        return irises_inside_eyelids(_retarget(target, options.eyes, options.lips, options.smile))
 
     def edited_landmarks(self, source: SourceFace, options: EditOptions) -> np.ndarray:
         """The source's landmarks with ``options``' edits (crop pixels); the source's own when all are default."""
@@ -308,12 +312,7 @@ class MetaPortraitPipeline:
                 raise ValueError("head rotation needs the source's 3-D landmarks (prepare_source gives them)")
             lm = rotate_head(source.landmarks_3d, options.yaw, options.pitch, options.roll)
             lm = lm + (source.landmarks[list(STABLE_POINTS)].mean(0) - lm[list(STABLE_POINTS)].mean(0))
-        if options.eyes is not None:
-            lm = set_eye_opening(lm, options.eyes)
-        if options.lips is not None:
-            lm = set_mouth_opening(lm, options.lips)
-        if options.smile:
-            lm = add_smile(lm, options.smile)
+        lm = _retarget(lm, options.eyes, options.lips, options.smile)
         if options.brows:
             lm = raise_brows(lm, options.brows)
         if options.gaze_x or options.gaze_y:
@@ -441,17 +440,7 @@ class MetaPortraitPipeline:
         output file is left behind on failure.
         """
         output = check_output_path(output)  # before any work: a bad output path fails in a second
-        limits = self.limits
-        if options.max_seconds is not None:
-            if options.max_seconds > limits.max_video_seconds:
-                raise InputTooLargeError(f"max_seconds {options.max_seconds:g} is over the limit of "
-                                         f"{limits.max_video_seconds:g} s")
-            # a longer video is trimmed to its first max_seconds, not refused
-            limits = dataclasses.replace(limits, max_video_seconds=float("inf"), max_video_frames=2**62)
-        info = probe_video(driving, limits)
-        max_frames = info.num_frames
-        if options.max_seconds is not None:
-            max_frames = min(max_frames, max(1, int(round(options.max_seconds * info.fps))))
+        info, limits, max_frames = probe_driving(driving, self.limits, options.max_seconds)
         if is_video_path(source):
             return dubbing.reenact_video_source(self, Path(source), driving, output, options, limits, progress)
         stats: dict[str, float] = {}

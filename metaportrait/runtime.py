@@ -13,8 +13,8 @@ of three backends:
 
 ``"auto"`` uses ONNX Runtime on the CPU (0.80× eager PyTorch's time at batch 1 and 8 on a quiet
 2-core CPU, ready in about a second) and eager PyTorch on GPUs. ``torch.compile`` measured faster in
-steady state (0.67–0.71×) but costs 40–60 s of compilation per batch shape on that CPU, too much for
-an app or a one-off command; ``benchmarks/generator_runtime.py`` measures them side by side.
+steady state (0.67–0.71×) but costs 39–70 s of compilation per batch shape on that CPU, too much
+for an app or a one-off command; ``benchmarks/generator_runtime.py`` measures them side by side.
 """
 
 from __future__ import annotations

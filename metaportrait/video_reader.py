@@ -295,3 +295,20 @@ def read_metadata(path: PathLike) -> dict[str, str]:
         raise InvalidVideoError(f"'{p}' does not exist or is not a file.")
     with _open_input(p, "video") as container:
         return {str(k): str(v) for k, v in container.metadata.items()}
+
+
+def probe_driving(path: PathLike, limits, max_seconds: float | None = None) -> tuple[VideoInfo, object, int]:
+    """(info, limits to read it with, frames to use) for a driving video trimmed to its first
+    ``max_seconds`` (None: the whole video, refused when over ``limits``). A longer video is trimmed,
+    not refused, when ``max_seconds`` is within the limit."""
+    import dataclasses
+
+    if max_seconds is not None:
+        if max_seconds > limits.max_video_seconds:
+            raise InputTooLargeError(f"max_seconds {max_seconds:g} is over the limit of {limits.max_video_seconds:g} s")
+        limits = dataclasses.replace(limits, max_video_seconds=float("inf"), max_video_frames=2**62)
+    info = probe_video(path, limits)
+    frames = info.num_frames
+    if max_seconds is not None:
+        frames = min(frames, max(1, int(round(max_seconds * info.fps))))
+    return info, limits, frames

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaportrait.evaluation.speech import blink_count, mouth_series, pearson
+from metaportrait.evaluation.speech import blink_count, pearson
 from metaportrait.face.canonical import head_pose, lower_face_weights, to_canonical
 from metaportrait.face.controls import LEFT_BROW, LIPS, RIGHT_BROW
 from metaportrait.face.motion import STABLE_POINTS, _umeyama, close_mouth
