@@ -37,6 +37,7 @@ import cv2
 from metaportrait.face.mesh_warp import _border_anchors, identity_grid, mesh_warp_grid, signed_areas, source_triangles
 from metaportrait.face.motion import STABLE_POINTS, _umeyama
 from metaportrait.face.regions import FACE_OVAL
+from metaportrait.face.untangle import untangle_outer_face
 
 _OVAL = np.asarray(FACE_OVAL, dtype=np.int64)
 RING_A = 1.07
@@ -293,6 +294,9 @@ def head_mesh(
     k = len(_OVAL)
     if p.shape != (3 * k, 2):
         raise ValueError(f"rings.points must be {3 * k}×2 (three rings of {k}), got {p.shape}")
+    if triangles is None:
+        triangles = source_triangles(np.concatenate([src, p]), width, height)
+    drv = untangle_outer_face(src, drv, triangles)
     s, r, t = rigid_head_motion(src, drv)
     c_src = src[_OVAL].mean(0)
     c_drv = s * r @ c_src + t
