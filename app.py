@@ -278,7 +278,8 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
             return run_fewshot(person, out_dir, weights=WEIGHTS, steps=FT_SCHEDULE.steps, seconds=float(seconds),
                                callback=on_step)
     else:
-        from metaportrait.training.personalize import PersonalizeOptions, load_start_generator
+        from metaportrait.training.personalize import (MOUTH_WORK_SIZE, PersonalizeOptions, load_mouth_network,
+                                                       load_start_generator)
         from metaportrait.training.personalize import personalize as run_personalize
 
         try:
@@ -292,13 +293,16 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
             history.append((step, loss, elapsed))
             return cancel.is_set()
 
+        mouth_network = load_mouth_network(WEIGHTS) if generator.config.image_size == MOUTH_WORK_SIZE else None
+
         def work():
             return run_personalize(person, out_dir, generator=generator, component=component, progress=on_progress,
-                                   options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind))
+                                   options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind),
+                                   mouth_network=mouth_network)
     res = None
     for item in _stream_job(work, history, cancel):
         if item is None:
-            yield _loss_plot(history), None, None, None, None
+            yield _loss_plot(history), None, None, "", None, None
         else:
             res = item
     if cancel.is_set() and res is None:
@@ -307,9 +311,31 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
     packed = pack_personalization(out_dir, out_dir.with_name(f"{out_dir.name}-{kind}.zip"))
     before = getattr(res, "before", None)
     after = getattr(res, "after", None)
+    summary = _personal_summary(res)
     del res, person, work  # a finished job keeps only its files
     _release_memory()
-    yield _loss_plot(history), before, after, str(packed), str(out_dir)
+    yield _loss_plot(history), before, after, summary, str(packed), str(out_dir)
+
+
+def _personal_summary(res) -> str:
+    """What the personalization did, in a few lines: held-back error before/after, the step kept,
+    and the mouth network's own check (MetaPortrait family), or the steps and times (few-shot)."""
+    from metaportrait.training.personalize import PersonalizeResult, mouth_summary
+
+    if not isinstance(res, PersonalizeResult):
+        steps = getattr(res, "steps", 0)
+        return (f"Few-shot model: {getattr(res, 'frames', '?')} frames embedded in {res.embed_seconds:.1f} s, "
+                f"{steps} fine-tuning steps in {res.finetune_seconds:.1f} s.")
+    lines = [f"{res.steps} steps in {res.seconds:.0f} s on {res.num_frames} frames."]
+    if res.validation:
+        start, kept = res.validation[0][1], min(e for _, e in res.validation)
+        lines.append(f"Held-back frames (never trained on): L1 {start:.4f} at the start → {kept:.4f} with the kept "
+                     f"weights (step {res.best_step}; {100 * (start - kept) / max(start, 1e-9):.1f} % lower).")
+    else:
+        lines.append("Too few frames to hold any back: the last weights are kept.")
+    if res.mouth is not None:
+        lines.append(mouth_summary(res.mouth)[0].upper() + mouth_summary(res.mouth)[1:] + ".")
+    return "\n\n".join(lines)
 
 
 @gpu
@@ -529,10 +555,12 @@ def build_demo() -> gr.Blocks:
                         p_plot = gr.LinePlot(x="step", y="loss", title="Training loss", label="Training loss", height=220)
                         p_before = gr.Image(label="Before (source | target | output)", interactive=False)
                         p_after = gr.Image(label="After", interactive=False)
+                        p_summary = gr.Markdown(label="What personalization did")
                         p_files = gr.File(label="Personalized model (.zip: safetensors + JSON)", interactive=False)
                 p_video.upload(playable, inputs=p_video, outputs=p_video, api_visibility="private")
                 p_event = p_run.click(personalize, inputs=[p_video, p_photos, p_seconds, p_kind, p_family],
-                                      outputs=[p_plot, p_before, p_after, p_files, adapter_state], api_name="personalize",
+                                      outputs=[p_plot, p_before, p_after, p_summary, p_files, adapter_state],
+                                      api_name="personalize",
                                       concurrency_limit=1, concurrency_id="personalize")
                 p_cancel.click(None, cancels=[p_event], api_visibility="private")
                 # the few-shot family has no LoRA/full choice: hide what the choice ignores

@@ -145,7 +145,8 @@ class MetaPortraitPipeline:
         of a source checkout (a wheel has none: then pass a folder or a Hub repo id);
         ``adapter`` is a personalization adapter folder (``metaportrait personalize``); ``backend``
         chooses how the networks run (:mod:`metaportrait.runtime`: ``"auto"`` = ONNX Runtime on the CPU);
-        ``mouth_interior``: load the folder's mouth-interior network when it has one (strict).
+        ``mouth_interior``: load the folder's mouth-interior network when it has one (strict), or
+        the adapter's personalized one when the adapter folder has a ``mouth_interior/``.
         """
         from metaportrait.identity import load_identity_encoder
 
@@ -169,6 +170,8 @@ class MetaPortraitPipeline:
             generator = merge_adapter(generator)
         encoder = load_identity_encoder(identity_encoder)
         mouth_dir = component_folder(folder, index, "mouth_interior") if mouth_interior else None
+        if mouth_interior and adapter is not None and (Path(adapter) / "mouth_interior").is_dir():
+            mouth_dir = Path(adapter) / "mouth_interior"  # personalized on the person's own frames
         mouth = None if mouth_dir is None else MouthInteriorNetwork.from_pretrained(mouth_dir)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

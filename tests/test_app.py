@@ -177,9 +177,11 @@ def test_gradio_client_personalize_then_reenact_with_adapter(server, tmp_path):
 
     client = Client(server, verbose=False)
     photos = [handle_file(str(REPO / "examples" / n)) for n in ("astronaut.jpg", "mona_lisa.jpg")]
-    plot, before, after, packed = client.predict(None, photos, 10, "lora", api_name="/personalize")
+    plot, before, after, summary, packed = client.predict(None, photos, 10, "lora", api_name="/personalize")
     names = sorted(zipfile.ZipFile(packed).namelist())  # one download: safetensors + JSON
     assert "adapter.safetensors" in names and "adapter_config.json" in names
+    # what was done, in words (these test weights have no mouth network: no mouth line)
+    assert "steps in" in summary and "hold any back" in summary and "mouth" not in summary.lower(), summary
     assert all(n.endswith((".safetensors", ".json", ".md")) for n in names)
     assert before and after
     # the same session uses the adapter straight away in the reenactment endpoint
@@ -200,7 +202,7 @@ def test_gradio_client_personalize_then_reenact_with_adapter(server, tmp_path):
     path = result["video"] if isinstance(result, dict) else result
     assert Path(path).stat().st_size > 0
     # a "full" personalization (all weights) is usable too
-    plot, before, after, packed_full = client.predict(None, photos, 10, "full", api_name="/personalize")
+    plot, before, after, _summary, packed_full = client.predict(None, photos, 10, "full", api_name="/personalize")
     assert "model_index.json" in zipfile.ZipFile(packed_full).namelist()
     result = client.predict(handle_file(str(REPO / "examples" / "astronaut.jpg")), handle_file(str(short)),
                             "relative", False, True, api_name="/reenact")
@@ -251,8 +253,9 @@ def test_personalization_tab_fewshot_family(tmp_path):
         # 30 s: under load the first fine-tuning steps of 2 OpenMP threads can take several seconds each
         updates = list(app.personalize(None, [str(REPO / "examples" / "astronaut.jpg"),
                                               str(REPO / "examples" / "mona_lisa.jpg")], 30, "lora", "fewshot"))
-        plot, *_, packed, person_dir = updates[-1]
+        plot, *_, summary, packed, person_dir = updates[-1]
         assert len(plot) > 1  # the loss curve of the fine-tuning steps, streamed while it ran
+        assert summary.startswith("Few-shot model") and "fine-tuning steps" in summary, summary
         assert any(n.endswith("model.safetensors") for n in zipfile.ZipFile(packed).namelist())
         out = app.reenact(str(REPO / "examples" / "astronaut.jpg"), str(REPO / "examples" / "driving_webcam.mp4"),
                           "relative", False, True, session_folder=person_dir, progress=lambda *a, **k: None)

@@ -28,6 +28,7 @@ import torch
 from metaportrait.person import PersonFrames, collect_frames
 from metaportrait.tensors import to_uint8
 from metaportrait.training.samples import collate_pairs, make_pair
+from metaportrait.training.train_mouth import WORK as MOUTH_WORK_SIZE  # the mouth pairs' frame size
 
 ProgressFn = Callable[[int, float, float], bool | None]
 """``progress(step, loss, elapsed_seconds)``; returning True stops early."""
@@ -54,6 +55,15 @@ class PersonalizeOptions:
     # on the person's own unseen frames. 0 disables (all frames train, the last weights are saved).
     validation_fraction: float = 0.125
     validation_every: int = 4
+    # The person-specific mouth (MetaPortrait §3.2: personalization learns what the person's own
+    # frames show, e.g. their teeth): when the pipeline has a mouth-interior network it is fine-tuned
+    # on the person's frames too, for `mouth_share` of a seconds budget (the generator gets the rest)
+    # or `mouth_steps` steps (default: `steps`), and kept only when it lowers the masked mouth error
+    # on the held-back frames with an open mouth.
+    mouth: bool = True
+    mouth_share: float = 0.5
+    mouth_steps: int | None = None
+    mouth_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 0.5:
@@ -66,6 +76,10 @@ class PersonalizeOptions:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"seconds must be > 0, got {self.seconds}")
+        if not 0.0 < self.mouth_share < 1.0:
+            raise ValueError(f"mouth_share must be in (0, 1), got {self.mouth_share}")
+        if self.mouth_steps is not None and self.mouth_steps < 1:
+            raise ValueError(f"mouth_steps must be >= 1, got {self.mouth_steps}")
         if self.adapter not in ("lora", "full"):
             raise ValueError(f"adapter must be 'lora' or 'full', got {self.adapter!r}")
         if self.rank < 1 or self.batch_size < 1 or self.max_frames < 2:
@@ -88,6 +102,19 @@ class PersonalizeResult:
     after: np.ndarray | None = None  # the same preview after adaptation
     validation: list[tuple[int, float]] = field(default_factory=list)  # (steps taken, held-back L1 in [0, 1])
     best_step: int | None = None  # the steps taken by the saved weights (None: no validation split)
+    mouth: MouthPersonalization | None = None  # None: no mouth network to personalize
+
+
+@dataclass(frozen=True)
+class MouthPersonalization:
+    """What personalizing the mouth-interior network did."""
+
+    steps: int
+    seconds: float
+    pairs: int
+    error_before: float | None  # masked mouth L1 on the held-back open mouths (None: none held back)
+    error_after: float | None
+    kept: bool  # False: the fine-tuned network did not beat the shipped one and was not saved
 
 
 def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -153,13 +180,50 @@ def load_start_generator(weights: str | Path | None):
     return MetaPortraitGenerator.from_pretrained(component_folder(folder, index, component)), component, folder
 
 
+def load_mouth_network(weights: str | Path | None):
+    """The pipeline folder's mouth-interior network (fp32, strict), or None when it has none."""
+    from metaportrait.models.mouth_interior import MouthInteriorNetwork
+    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+
+    folder = resolve_pipeline_folder(weights, components=("base", "mouth_interior"))
+    mouth_dir = component_folder(folder, read_model_index(folder), "mouth_interior")
+    return None if mouth_dir is None else MouthInteriorNetwork.from_pretrained(mouth_dir).float()
+
+
+def personalize_mouth(network, train: PersonFrames, val: PersonFrames | None, options: PersonalizeOptions,
+                      seconds: float | None, steps: int | None) -> MouthPersonalization:
+    """Fine-tune ``network`` in place on ``train`` (:func:`~metaportrait.training.train_mouth.finetune_mouth`);
+    when ``val`` has open mouths, restore the starting weights unless the held-back error fell."""
+    from metaportrait.training.train_mouth import MouthPairs, finetune_mouth, masked_error, validation_pairs
+
+    cfg = network.config
+    val_pairs = None
+    if val is not None and len(val):
+        arrays = validation_pairs(train.frames, train.landmarks, val.frames, val.landmarks, cfg.mouth_width)
+        if arrays:
+            val_pairs = MouthPairs(arrays, cfg.crop_size, cfg.mouth_width, augment=False)
+    start = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    before = masked_error(network, val_pairs) if val_pairs is not None else None
+    info = finetune_mouth(network, np.ascontiguousarray(train.frames), np.asarray(train.landmarks),
+                          seconds=seconds if seconds is not None else float("inf"), steps=steps,
+                          lr=options.mouth_lr, batch_size=options.batch_size, seed=options.seed)
+    after = masked_error(network, val_pairs) if val_pairs is not None else None
+    kept = after is None or after < before
+    if not kept:
+        network.load_state_dict(start)
+    return MouthPersonalization(steps=int(info["steps"]), seconds=float(info["seconds"]), pairs=int(info["pairs"]),
+                                error_before=before, error_after=after, kept=kept)
+
+
 def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
                 options: PersonalizeOptions = PersonalizeOptions(), progress: ProgressFn | None = None,
-                generator=None, component: str = "generator") -> PersonalizeResult:
+                generator=None, component: str = "generator", mouth_network=None) -> PersonalizeResult:
     """Fine-tune on ``person`` and write an adapter (or a full pipeline folder) to ``output_dir``.
 
     ``generator`` may be given directly (e.g. the benchmark compares starting points); otherwise it
-    is loaded from ``weights`` (the ``meta`` component when the pipeline folder has one).
+    is loaded from ``weights`` (the ``meta`` component when the pipeline folder has one). With
+    ``options.mouth``, ``mouth_network`` (default: the pipeline folder's, when there is one) is
+    personalized too and written to ``output_dir/mouth_interior`` when it beat the shipped one.
     """
     from metaportrait.adapters import add_lora, save_adapter
     from metaportrait.identity import load_identity_encoder
@@ -169,6 +233,16 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
 
     if generator is None:
         generator, component, _ = load_start_generator(weights)
+        if options.mouth and mouth_network is None:
+            mouth_network = load_mouth_network(weights)
+    if not options.mouth:
+        mouth_network = None
+    if mouth_network is not None and person.frames.shape[1] != MOUTH_WORK_SIZE:
+        raise ValueError(f"the mouth network is personalized on {MOUTH_WORK_SIZE}² frames, got "
+                         f"{person.frames.shape[1]}² (pass options.mouth=False for other sizes)")
+    gen_seconds = options.seconds
+    if mouth_network is not None and gen_seconds is not None:
+        gen_seconds = options.seconds * (1.0 - options.mouth_share)
     size = generator.config.image_size
     if person.frames.shape[1] != size:
         raise ValueError(f"frames are {person.frames.shape[1]}² but the generator works at {size}²")
@@ -205,7 +279,7 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     t0 = time.perf_counter()
     if val is not None:
         remember(0)
-    result = adapt(generator, loss_fn, steps=options.steps, seconds=options.seconds, lr=options.lr, params=params,
+    result = adapt(generator, loss_fn, steps=options.steps, seconds=gen_seconds, lr=options.lr, params=params,
                    callback=on_step)
     if val is not None:
         if history[-1][0] != result.steps:
@@ -213,22 +287,32 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
         with torch.no_grad():
             for p, kept in zip(params, best["params"]):
                 p.copy_(kept)
+    mouth = None
+    if mouth_network is not None:
+        mouth = personalize_mouth(mouth_network, train, val, options,
+                                  seconds=None if options.seconds is None else options.seconds * options.mouth_share,
+                                  steps=options.mouth_steps or options.steps)
     after = render_preview(generator, objective, person, *preview_pair)
     out = Path(output_dir)
     meta = {"component": component, "frames": len(person), "steps": result.steps, "seconds": result.seconds,
             "best_step": best.get("step"), "validation": history,
-            "options": {k: v for k, v in asdict(options).items() if k != "objective"}}
+            "options": {k: v for k, v in asdict(options).items() if k != "objective"},
+            "mouth": None if mouth is None else asdict(mouth)}
     if options.adapter == "lora":
         save_adapter(generator, out, base_id=component, metadata=meta)
     else:
         generator.save_pretrained(out / "base")
-        write_model_index(out, generator="base")
+        if mouth_network is not None:  # a pipeline folder keeps its mouth network, personalized or not
+            mouth_network.save_pretrained(out / "mouth_interior")
+        write_model_index(out, generator="base", mouth_interior="mouth_interior" if mouth_network is not None else None)
         (out / "personalization.json").write_text(json.dumps(meta, indent=2))
+    if options.adapter == "lora" and mouth is not None and mouth.kept:
+        mouth_network.save_pretrained(out / "mouth_interior")
     size_bytes = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
     return PersonalizeResult(output_dir=out, adapter=options.adapter, component=component, steps=result.steps,
                              seconds=time.perf_counter() - t0, losses=list(result.losses), times=list(result.times),
                              num_frames=len(person), output_bytes=size_bytes, before=before, after=after,
-                             validation=history, best_step=best.get("step"))
+                             validation=history, best_step=best.get("step"), mouth=mouth)
 
 
 @torch.no_grad()
@@ -257,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--adapter", choices=["lora", "full"], default="lora")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--max-frames", type=int, default=64)
+    ap.add_argument("--no-mouth", action="store_true",
+                    help="do not personalize the mouth-interior network (by default it gets half of a --seconds budget)")
     ap.add_argument("--family", choices=["metaportrait", "fewshot"], default="metaportrait",
                     help="fewshot: the model of Zakharov et al. 2019 (T = up to --max-frames frames; fine-tuned for "
                          "200 steps by default, --steps 0 = feed-forward, --seconds caps the time)")
@@ -295,23 +381,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     generator, component, _ = load_start_generator(args.base)
+    mouth_network = None if args.no_mouth else load_mouth_network(args.base)
     person = collect_frames(args.video, args.images, size=generator.config.image_size, max_frames=args.max_frames)
     opts = PersonalizeOptions(steps=args.steps, seconds=args.seconds if args.seconds is not None else (None if args.steps else 30.0),
-                              adapter=args.adapter, rank=args.rank, max_frames=args.max_frames)
+                              adapter=args.adapter, rank=args.rank, max_frames=args.max_frames,
+                              mouth=not args.no_mouth)
     bar = tqdm(total=opts.steps, unit="step", desc="personalize")
 
     def progress(step: int, loss: float, elapsed: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", s=f"{elapsed:.0f}")
 
-    res = personalize(person, args.output, options=opts, progress=progress, generator=generator, component=component)
+    res = personalize(person, args.output, options=opts, progress=progress, generator=generator, component=component,
+                      mouth_network=mouth_network)
     bar.close()
     print(f"wrote {res.output_dir} ({res.adapter}, {res.output_bytes / 1e6:.2f} MB) after {res.steps} steps in "
           f"{res.seconds:.1f}s on {res.num_frames} frames; loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
     if res.validation:
         start, kept = res.validation[0][1], min(e for _, e in res.validation)
         print(f"held-back frames: L1 {start:.4f} at the start, {kept:.4f} with the saved weights (step {res.best_step})")
+    if res.mouth is not None:
+        print(mouth_summary(res.mouth))
     return 0
+
+
+def mouth_summary(m: MouthPersonalization) -> str:
+    """One line on the mouth network's personalization (CLI and app)."""
+    head = f"mouth network: {m.steps} steps on {m.pairs} mouth pairs in {m.seconds:.1f}s; "
+    if m.error_before is None:
+        return head + "no held-back frame has an open mouth, so it is kept unvalidated"
+    verdict = "kept" if m.kept else "not kept (the shipped network stays)"
+    return head + f"held-back open mouths: masked L1 {m.error_before:.4f} -> {m.error_after:.4f}, {verdict}"
 
 
 if __name__ == "__main__":

@@ -368,6 +368,37 @@ def finetune_mouth(network: MouthInteriorNetwork, frames: np.ndarray, landmarks:
     return {"steps": float(done), "seconds": time.monotonic() - t0, "pairs": float(len(pairs))}
 
 
+def validation_pairs(train_frames: np.ndarray, train_landmarks: np.ndarray, val_frames: np.ndarray,
+                     val_landmarks: np.ndarray, mouth_width: float, open_threshold: float = 0.05) -> dict[str, np.ndarray]:
+    """Mouth pairs whose targets are the held-back frames with an open mouth (sources: the training
+    frames in turn); empty dict when no held-back mouth is open."""
+    frames = np.concatenate([np.asarray(train_frames), np.asarray(val_frames)])
+    lms = np.concatenate([np.asarray(train_landmarks), np.asarray(val_landmarks)])
+    n = len(train_frames)
+    rows: dict[str, list[np.ndarray]] = {}
+    rings_cache: dict = {}
+    for k, lm in enumerate(val_landmarks):
+        if mouth_opening(lm) < open_threshold:
+            continue
+        for key, v in _pair(frames, lms, k % n, n + k, mouth_width, rings_cache).items():
+            rows.setdefault(key, []).append(v)
+    return {k: np.stack(v) for k, v in rows.items()}
+
+
+@torch.no_grad()
+def masked_error(network: MouthInteriorNetwork, pairs: MouthPairs) -> float:
+    """Mean inner-lip-masked L1 (in [0, 1] units) of the network's composite against the true mouths."""
+    was_training = network.training
+    network.eval()
+    errs = []
+    for i in range(len(pairs)):
+        x = pairs.sample(i, np.random.default_rng(i))
+        w, lips, src, tgt, m = (x[k][None] for k in ("warped", "lips", "source", "target", "mask"))
+        errs.append(float(_masked_l1(composite(w, network(w, lips, src).image, m), tgt, m)) / 2)
+    network.train(was_training)
+    return float(np.mean(errs))
+
+
 def export_checkpoint(checkpoint: str | Path, dest: str | Path, model: MouthInteriorConfig = MouthInteriorConfig()) -> Path:
     """Write a checkpoint's EMA weights as a ``save_pretrained`` folder (``config.json`` +
     ``model.safetensors``)."""
