@@ -278,13 +278,12 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
             return run_fewshot(person, out_dir, weights=WEIGHTS, steps=FT_SCHEDULE.steps, seconds=float(seconds),
                                callback=on_step)
     else:
-        from metaportrait.training.personalize import (MOUTH_WORK_SIZE, PersonalizeOptions, load_mouth_network,
-                                                       load_start_generator)
+        from metaportrait.training.personalize import MOUTH_WORK_SIZE, PersonalizeOptions, load_start_candidates
         from metaportrait.training.personalize import personalize as run_personalize
 
         try:
-            generator, component, _ = load_start_generator(WEIGHTS)
-            person = collect_frames(video, photos, size=generator.config.image_size, max_frames=48, limits=LIMITS)
+            size = load_start_candidates(WEIGHTS)[0][0].config.image_size
+            person = collect_frames(video, photos, size=size, max_frames=48, limits=LIMITS)
         except MetaPortraitError as exc:
             raise gr.Error(_friendly(exc, video or "", *photos)) from exc
         out_dir = Path(tempfile.mkdtemp(prefix="personal-", dir=OUTPUT_DIR))
@@ -293,12 +292,10 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
             history.append((step, loss, elapsed))
             return cancel.is_set()
 
-        mouth_network = load_mouth_network(WEIGHTS) if generator.config.image_size == MOUTH_WORK_SIZE else None
-
-        def work():
-            return run_personalize(person, out_dir, generator=generator, component=component, progress=on_progress,
-                                   options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind),
-                                   mouth_network=mouth_network)
+        def work():  # the start (meta-learned or plain) is chosen on the person's held-back frames
+            return run_personalize(person, out_dir, weights=WEIGHTS, progress=on_progress,
+                                   options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind,
+                                                              mouth=size == MOUTH_WORK_SIZE))
     res = None
     for item in _stream_job(work, history, cancel):
         if item is None:
@@ -320,7 +317,7 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
 def _personal_summary(res) -> str:
     """What the personalization did, in a few lines: held-back error before/after, the step kept,
     and the mouth network's own check (MetaPortrait family), or the steps and times (few-shot)."""
-    from metaportrait.training.personalize import PersonalizeResult, mouth_summary
+    from metaportrait.training.personalize import PersonalizeResult, mouth_summary, start_summary
 
     if not isinstance(res, PersonalizeResult):
         steps = getattr(res, "steps", 0)
@@ -333,6 +330,8 @@ def _personal_summary(res) -> str:
                      f"weights (step {res.best_step}; {100 * (start - kept) / max(start, 1e-9):.1f} % lower).")
     else:
         lines.append("Too few frames to hold any back: the last weights are kept.")
+    if res.start_errors:
+        lines.append(start_summary(res)[0].upper() + start_summary(res)[1:] + ".")
     if res.mouth is not None:
         lines.append(mouth_summary(res.mouth)[0].upper() + mouth_summary(res.mouth)[1:] + ".")
     return "\n\n".join(lines)

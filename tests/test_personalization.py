@@ -177,3 +177,27 @@ def test_personalization_teaches_the_mouth_network_the_persons_mouth(base_folder
                             PersonalizeOptions(batch_size=2, mouth_lr=5e-2), seconds=None, steps=3)
     assert not bad.kept and bad.error_after > bad.error_before, bad
     assert all(torch.equal(v, start[k]) for k, v in shipped.state_dict().items())
+
+
+def test_personalization_starts_from_the_better_of_meta_and_plain(base_folder, tmp_path):
+    """With both starts in the pipeline folder, the one with the lower error on the person's held-back
+    frames before any step is the one fine-tuned (the meta-learned start never costs the person)."""
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(base_folder, folder)
+    gen = MetaPortraitGenerator.from_pretrained(folder / "base")
+    with torch.no_grad():  # a meta start that is clearly worse: its residual head draws noise
+        for p in gen.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gen.save_pretrained(folder / "meta")
+    write_model_index(folder, generator="base", meta="meta")
+    person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=256, max_frames=8)
+    opts = PersonalizeOptions(steps=1, seconds=None, rank=2, batch_size=2, objective=FAST, validation_fraction=0.25)
+    res = personalize(person, tmp_path / "adapter", weights=folder, options=opts)
+    assert set(res.start_errors) == {"meta", "generator"}
+    assert res.start_errors["generator"] < res.start_errors["meta"], res.start_errors
+    assert res.component == "generator"
+    meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["metadata"]
+    assert meta["component"] == "generator" and set(meta["start_errors"]) == {"meta", "generator"}
+    MetaPortraitPipeline.from_pretrained(folder, device="cpu", adapter=tmp_path / "adapter")  # loads on the base

@@ -103,6 +103,7 @@ class PersonalizeResult:
     validation: list[tuple[int, float]] = field(default_factory=list)  # (steps taken, held-back L1 in [0, 1])
     best_step: int | None = None  # the steps taken by the saved weights (None: no validation split)
     mouth: MouthPersonalization | None = None  # None: no mouth network to personalize
+    start_errors: dict[str, float] = field(default_factory=dict)  # held-back L1 of each candidate start at step 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,22 @@ def load_start_generator(weights: str | Path | None):
     return MetaPortraitGenerator.from_pretrained(component_folder(folder, index, component)), component, folder
 
 
+def load_start_candidates(weights: str | Path | None) -> list[tuple[object, str]]:
+    """[(generator, component)] of the pipeline folder's starting points for personalization: the
+    meta-learned ``meta`` weights (when present) and the plain ``generator`` (base) weights."""
+    from metaportrait.models.generator import MetaPortraitGenerator
+    from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
+
+    folder = resolve_pipeline_folder(weights, components=("base", "meta"))
+    index = read_model_index(folder)
+    out = []
+    for component in ("meta", "generator"):
+        path = component_folder(folder, index, component)
+        if path is not None:
+            out.append((MetaPortraitGenerator.from_pretrained(path), component))
+    return out
+
+
 def load_mouth_network(weights: str | Path | None):
     """The pipeline folder's mouth-interior network (fp32, strict), or None when it has none."""
     from metaportrait.models.mouth_interior import MouthInteriorNetwork
@@ -231,10 +248,9 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     from metaportrait.training.reptile import adapt
     from metaportrait.weights import write_model_index
 
-    if generator is None:
-        generator, component, _ = load_start_generator(weights)
-        if options.mouth and mouth_network is None:
-            mouth_network = load_mouth_network(weights)
+    candidates = [(generator, component)] if generator is not None else load_start_candidates(weights)
+    if generator is None and options.mouth and mouth_network is None:
+        mouth_network = load_mouth_network(weights)
     if not options.mouth:
         mouth_network = None
     if mouth_network is not None and person.frames.shape[1] != MOUTH_WORK_SIZE:
@@ -243,7 +259,7 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     gen_seconds = options.seconds
     if mouth_network is not None and gen_seconds is not None:
         gen_seconds = options.seconds * (1.0 - options.mouth_share)
-    size = generator.config.image_size
+    size = candidates[0][0].config.image_size
     if person.frames.shape[1] != size:
         raise ValueError(f"frames are {person.frames.shape[1]}² but the generator works at {size}²")
     torch.manual_seed(options.seed)
@@ -251,6 +267,17 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     train_idx, val_idx = split_validation(len(person), options.validation_fraction)
     train = PersonFrames(person.frames[train_idx], person.landmarks[train_idx])
     val = PersonFrames(person.frames[val_idx], person.landmarks[val_idx]) if len(val_idx) else None
+    # the start: the meta-learned weights only where they reproduce the person's held-back frames
+    # better than the plain (base) weights do before any step; without held-back frames, the base
+    start_errors: dict[str, float] = {}
+    if len(candidates) > 1 and val is not None:
+        for gen, comp in candidates:
+            gen.eval()
+            start_errors[comp] = heldout_errors(gen, objective, train, val)[0]
+        generator, component = min(candidates, key=lambda c: start_errors[c[1]])
+    else:
+        generator, component = next((c for c in candidates if c[1] == "generator"), candidates[0])
+    del candidates
     pairs = PersonPairs(train, seed=options.seed)
     generator.eval()  # no batch statistics to carry: the adapter holds only weights
     if options.adapter == "lora":
@@ -275,7 +302,12 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
         return progress(step, loss, elapsed) if progress is not None else None
 
     preview_pair = (0, len(person) // 2)
-    before = render_preview(generator, objective, person, *preview_pair)
+    if mouth_network is not None:  # show the widest mouth: where the person-specific mouth is drawn
+        from metaportrait.mouth import mouth_opening
+
+        preview_pair = (0, 1 + int(np.argmax([mouth_opening(lm) for lm in person.landmarks[1:]])))
+    encoder = load_identity_encoder(None)
+    before = render_preview(generator, encoder, person, *preview_pair, mouth=mouth_network)
     t0 = time.perf_counter()
     if val is not None:
         remember(0)
@@ -292,10 +324,10 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
         mouth = personalize_mouth(mouth_network, train, val, options,
                                   seconds=None if options.seconds is None else options.seconds * options.mouth_share,
                                   steps=options.mouth_steps or options.steps)
-    after = render_preview(generator, objective, person, *preview_pair)
+    after = render_preview(generator, encoder, person, *preview_pair, mouth=mouth_network)
     out = Path(output_dir)
     meta = {"component": component, "frames": len(person), "steps": result.steps, "seconds": result.seconds,
-            "best_step": best.get("step"), "validation": history,
+            "best_step": best.get("step"), "validation": history, "start_errors": start_errors,
             "options": {k: v for k, v in asdict(options).items() if k != "objective"},
             "mouth": None if mouth is None else asdict(mouth)}
     if options.adapter == "lora":
@@ -312,19 +344,24 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     return PersonalizeResult(output_dir=out, adapter=options.adapter, component=component, steps=result.steps,
                              seconds=time.perf_counter() - t0, losses=list(result.losses), times=list(result.times),
                              num_frames=len(person), output_bytes=size_bytes, before=before, after=after,
-                             validation=history, best_step=best.get("step"), mouth=mouth)
+                             validation=history, best_step=best.get("step"), mouth=mouth,
+                             start_errors=start_errors)
 
 
 @torch.no_grad()
-def render_preview(generator, objective, person: PersonFrames, source: int, target: int) -> np.ndarray:
-    """``source | target | output`` (uint8, one row) for frame ``source`` driven by frame ``target``'s landmarks."""
+def render_preview(generator, encoder, person: PersonFrames, source: int, target: int, mouth=None) -> np.ndarray:
+    """``source | target | output`` (uint8, one row): frame ``source`` driven by frame ``target``'s
+    landmarks through the render path a pipeline with these networks draws (copies of them: the
+    training ones are left as they are), the ``mouth`` network included."""
+    import copy
+
+    from metaportrait.pipeline import MetaPortraitPipeline
+
     p = person
-    batch = collate_pairs([make_pair(p.frames[source], p.frames[target], p.landmarks[source], p.landmarks[target])])
-    was_training = generator.training
-    generator.eval()
-    out = objective(generator, batch, stage="full").output.image
-    generator.train(was_training)
-    img = to_uint8(out[:1])[0]
+    pipe = MetaPortraitPipeline(copy.deepcopy(generator), encoder, backend="eager",
+                                mouth_interior=None if mouth is None else copy.deepcopy(mouth))
+    src = pipe.source_from_crop(np.ascontiguousarray(p.frames[source]), np.asarray(p.landmarks[source]))
+    img = pipe.generate(src, [np.asarray(p.landmarks[target], np.float32)])[0]
     return np.concatenate([p.frames[source], p.frames[target], img], axis=1)
 
 
@@ -380,9 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"content loss {res.losses[0]['loss_content']:.4f} -> {res.losses[-1]['loss_content']:.4f}")
         return 0
 
-    generator, component, _ = load_start_generator(args.base)
-    mouth_network = None if args.no_mouth else load_mouth_network(args.base)
-    person = collect_frames(args.video, args.images, size=generator.config.image_size, max_frames=args.max_frames)
+    size = load_start_candidates(args.base)[0][0].config.image_size
+    person = collect_frames(args.video, args.images, size=size, max_frames=args.max_frames)
     opts = PersonalizeOptions(steps=args.steps, seconds=args.seconds if args.seconds is not None else (None if args.steps else 30.0),
                               adapter=args.adapter, rank=args.rank, max_frames=args.max_frames,
                               mouth=not args.no_mouth)
@@ -392,17 +428,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", s=f"{elapsed:.0f}")
 
-    res = personalize(person, args.output, options=opts, progress=progress, generator=generator, component=component,
-                      mouth_network=mouth_network)
+    res = personalize(person, args.output, weights=args.base, options=opts, progress=progress)
     bar.close()
     print(f"wrote {res.output_dir} ({res.adapter}, {res.output_bytes / 1e6:.2f} MB) after {res.steps} steps in "
           f"{res.seconds:.1f}s on {res.num_frames} frames; loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
     if res.validation:
         start, kept = res.validation[0][1], min(e for _, e in res.validation)
         print(f"held-back frames: L1 {start:.4f} at the start, {kept:.4f} with the saved weights (step {res.best_step})")
+    if res.start_errors:
+        print(start_summary(res))
     if res.mouth is not None:
         print(mouth_summary(res.mouth))
     return 0
+
+
+def start_summary(res: PersonalizeResult) -> str:
+    """One line on which start was chosen and why (CLI and app)."""
+    names = {"meta": "meta-learned", "generator": "plain"}
+    errs = ", ".join(f"{names.get(k, k)} {v:.4f}" for k, v in res.start_errors.items())
+    return f"started from the {names.get(res.component, res.component)} weights (held-back L1 before any step: {errs})"
 
 
 def mouth_summary(m: MouthPersonalization) -> str:
