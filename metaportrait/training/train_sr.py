@@ -10,7 +10,13 @@ L1 + perceptual loss, 3D kernels inflated from GFPGAN. Here:
   per clip (temporal consistency), plus a random horizontal flip of the whole clip;
 * loss: ``l1_weight · L1 + perceptual_weight · PerceptualLoss`` over all frames of the clip
   (:class:`metaportrait.training.losses.PerceptualLoss`: VGG19 when its weights load, else the
-  frozen SFace features);
+  frozen SFace features), and the terms that make detail rather than the average of the
+  plausible ones (all off by default; the GFPGAN recipe the paper starts from uses them):
+  ``adversarial_weight`` (a multi-scale patch discriminator, LSGAN, trained beside the network
+  from ``adversarial_from`` on), ``feature_matching_weight`` (its features of output vs truth),
+  ``identity_weight`` (SFace identity of output vs truth, aligned by the five landmarks of the
+  prepared data), and ``temporal_weight`` (L1 of the frame-to-frame differences of output vs
+  truth: flicker that is not in the truth costs);
 * Accelerate: mixed precision (``no``/``bf16``/``fp16``), gradient clipping, EMA of the trainable
   weights (diffusers ``EMAModel``), LR schedule (diffusers ``get_scheduler``), TensorBoard scalars,
   checkpoints with exact resume (safetensors + JSON, never pickles), final ``save_pretrained`` (EMA weights);
@@ -42,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from metaportrait.face.regions import five_points
+from metaportrait.models.discriminator import DiscriminatorConfig, MultiScalePatchDiscriminator
 from metaportrait.models.hub import ModelConfig
 from metaportrait.models.temporal_sr import TemporalSRConfig, TemporalSuperResolution
 from metaportrait.tensors import to_tensor
@@ -53,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["SRClipDataset", "SRTrainConfig", "SRTrainResult", "main", "train_sr"]
 
+LANDMARK_SIZE = 256  # the prepared data's landmarks are pixels of its 256² frames
 _SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -87,6 +96,14 @@ class SRTrainConfig(ModelConfig):
     l1_weight: float = 1.0
     perceptual_weight: float = 1.0
     perceptual_network: Literal["auto", "vgg19", "sface", "none"] = "auto"
+    adversarial_weight: float = 0.0
+    feature_matching_weight: float = 0.0
+    identity_weight: float = 0.0
+    temporal_weight: float = 0.0
+    adversarial_from: int = 0
+    disc_learning_rate: float = 1e-4
+    discriminator: DiscriminatorConfig = field(default_factory=lambda: DiscriminatorConfig(
+        condition_channels=0, base_channels=32, max_channels=256, num_layers=3, num_scales=2))
     hflip: bool = True
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
     seed: int = 0
@@ -117,6 +134,18 @@ class SRTrainConfig(ModelConfig):
             raise ValueError(f"loss weights must be >= 0 and not both 0, got {self.l1_weight}, {self.perceptual_weight}")
         if self.checkpoints_total_limit is not None:
             self.check_positive_ints("checkpoints_total_limit")
+        for name in ("adversarial_weight", "feature_matching_weight", "identity_weight", "temporal_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.adversarial_from < 0 or not self.disc_learning_rate > 0:
+            raise ValueError(f"adversarial_from must be >= 0 and disc_learning_rate > 0, got "
+                             f"{self.adversarial_from}, {self.disc_learning_rate}")
+        if not isinstance(self.discriminator, DiscriminatorConfig) or self.discriminator.condition_channels != 0:
+            raise ValueError("discriminator must be a DiscriminatorConfig without a condition (condition_channels 0)")
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.adversarial_weight > 0 or self.feature_matching_weight > 0
 
     @classmethod
     def from_json(cls, path: str | Path) -> "SRTrainConfig":
@@ -129,7 +158,8 @@ class SRClipDataset(Dataset):
 
     Items are requested by ``(step, slot, item)`` keys (see :class:`_StepBatchSampler`); an item's
     randomness depends only on ``(seed, step, slot)``. Returns ``{"lr": T×3×in×in, "hr": T×3×out×out}``
-    float tensors in [-1, 1].
+    float tensors in [-1, 1] and ``"points"``: ``T×5×2`` five-point landmarks of the target frames in
+    its pixels (template order: eyes, nose, mouth corners, each left then right in the image).
     """
 
     def __init__(
@@ -168,11 +198,19 @@ class SRClipDataset(Dataset):
                 f"(and a source crop of at least {min_source_side:g} px) in {self.data_dir}"
             )
         self._frames: dict[int, np.ndarray] = {}
+        self._points: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_frames"] = {}  # memory maps are re-opened in each worker
+        state["_frames"], state["_points"] = {}, {}  # memory maps are re-opened in each worker
         return state
+
+    def _five(self, ci: int) -> np.ndarray:
+        """``N×5×2`` five points of clip ``ci`` in its 256² landmark pixels."""
+        if ci not in self._points:
+            lms = np.asarray(self.prepared.landmarks(self.clips[ci]), np.float32)
+            self._points[ci] = np.stack([five_points(lm) for lm in lms]).astype(np.float32)
+        return self._points[ci]
 
     @property
     def clip_dirs(self) -> list[Path]:
@@ -195,10 +233,13 @@ class SRClipDataset(Dataset):
         if hr.shape[1:3] != (self.hr_size, self.hr_size):
             interp = cv2.INTER_AREA if hr.shape[1] > self.hr_size else cv2.INTER_CUBIC
             hr = np.stack([cv2.resize(f, (self.hr_size, self.hr_size), interpolation=interp) for f in hr])
+        points = self._five(ci)[start : start + self.clip_length] * (self.hr_size / LANDMARK_SIZE)
         if self.hflip and rng.random() < 0.5:
             hr = np.ascontiguousarray(hr[:, :, ::-1])
+            points = points[:, [1, 0, 2, 4, 3]].copy()  # the image's left eye is the flipped right one
+            points[..., 0] = self.hr_size - points[..., 0]
         lr = degrade_clip(hr, self.degradation, self.lr_size, rng)
-        return {"lr": to_tensor(lr), "hr": to_tensor(hr)}
+        return {"lr": to_tensor(lr), "hr": to_tensor(hr), "points": torch.from_numpy(np.ascontiguousarray(points))}
 
 
 class _StepBatchSampler(Sampler[list[tuple[int, int, int]]]):
@@ -300,6 +341,21 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
         ema.to(accelerator.device)
     parts = {"models": {"model": accelerator.unwrap_model(model)}, "optimizers": {"model": optimizer},
              "schedulers": {"model": scheduler}, "ema": ema, "scaler": accelerator.scaler}
+    disc = opt_d = None
+    if config.uses_discriminator:
+        from metaportrait.training.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+
+        disc = MultiScalePatchDiscriminator(config.discriminator)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=config.disc_learning_rate, betas=(0.5, 0.999))
+        disc, opt_d = accelerator.prepare(disc, opt_d)
+        parts["models"]["disc"] = accelerator.unwrap_model(disc)
+        parts["optimizers"]["disc"] = opt_d
+    identity = None
+    if config.identity_weight > 0:
+        from metaportrait.identity import load_identity_encoder
+        from metaportrait.training.losses import IdentityLoss
+
+        identity = IdentityLoss(load_identity_encoder(None)).to(accelerator.device)
 
     perceptual = None
     if config.perceptual_network != "none" and config.perceptual_weight > 0:
@@ -331,13 +387,32 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
         hr = batch["hr"].to(accelerator.device)
         with accelerator.autocast():
             pred = model(lr_frames).frames
-        pred = pred.float().flatten(0, 1)
+        pred = pred.float()
+        terms: dict[str, torch.Tensor] = {}
+        if config.temporal_weight > 0 and pred.shape[1] > 1:  # flicker the truth does not have
+            terms["temporal"] = F.l1_loss(pred[:, 1:] - pred[:, :-1], hr[:, 1:] - hr[:, :-1])
+        pred = pred.flatten(0, 1)
         target = hr.flatten(0, 1)
         l1 = F.l1_loss(pred, target)
         perc = perceptual(pred, target) if perceptual is not None else pred.new_zeros(())
         loss = config.l1_weight * l1 + config.perceptual_weight * perc
+        if identity is not None:
+            pts = batch["points"].to(accelerator.device).flatten(0, 1)
+            terms["identity"] = identity(pred, target, pts, pts)
+        adversarial = disc is not None and step >= config.adversarial_from
+        if adversarial:
+            d_fake = disc(pred)
+            with torch.no_grad():
+                d_real = disc(target)
+            terms["g_adv"] = generator_adversarial_loss(d_fake.logits)
+            terms["fm"] = feature_matching_loss(d_real.features, d_fake.features)
+        weights = {"temporal": config.temporal_weight, "identity": config.identity_weight,
+                   "g_adv": config.adversarial_weight, "fm": config.feature_matching_weight}
+        for name, value in terms.items():
+            loss = loss + weights[name] * value
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} (l1 {l1.item()}, perceptual {perc.item()})")
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1} (l1 {l1.item()}, perceptual "
+                                     f"{perc.item()}, {', '.join(f'{k} {v.item()}' for k, v in terms.items())})")
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm) if config.max_grad_norm > 0 else None
         optimizer.step()
@@ -345,10 +420,17 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
             ema.step(params)
+        if adversarial:
+            loss_d = discriminator_loss(disc(target).logits, disc(pred.detach()).logits)
+            opt_d.zero_grad(set_to_none=True)
+            accelerator.backward(loss_d)
+            opt_d.step()
+            terms["d"] = loss_d
         step += 1
         losses.append(float(loss.detach()))
         if step % config.log_every == 0 or step == config.num_steps:
-            scalars = {"loss": losses[-1], "l1": float(l1.detach()), "perceptual": float(perc.detach()), "lr": scheduler.get_last_lr()[0]}
+            scalars = {"loss": losses[-1], "l1": float(l1.detach()), "perceptual": float(perc.detach()), "lr": scheduler.get_last_lr()[0],
+                       **{k: float(v.detach()) for k, v in terms.items()}}
             if grad_norm is not None:
                 scalars["grad_norm"] = float(grad_norm)
             accelerator.log(scalars, step=step)
