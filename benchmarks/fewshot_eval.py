@@ -15,7 +15,7 @@ frames 256–383) and compare each output (upsampled to 256²) with the true fra
 Also measured, as references: FF (feed-forward ψ = P·ê, T = 32, no fine-tuning), and MetaPortrait
 (source = the clip's first frame, same driving landmarks). Writes
 ``OUT/fewshot_eval_<person>.json`` per person; ``--report`` merges them into ``OUT/fewshot_eval.md``
-and the strip ``OUT/fewshot_strip.png`` (per person: true | few-shot FT, T = 32 | MetaPortrait).
+and the strip ``OUT/fewshot_strip.jpg`` (per person: true | few-shot FT, T = 32 | MetaPortrait).
 
 ``PYTHONPATH=. python benchmarks/fewshot_eval.py --people fi_RGuHfwIRKpA --t 32 8`` (one process per
 person, one thread each; ``--t 1 --only-ft --suffix _t1`` runs T = 1 alongside), then
@@ -210,7 +210,8 @@ def report(out: Path) -> None:
     strips = [cv2.imread(str(out / f"fewshot_strip_{p}.png")) for p in people]
     if strips:
         strip = np.concatenate(strips, axis=1)  # half size: the file stays small enough to commit
-        cv2.imwrite(str(out / "fewshot_strip.png"), cv2.resize(strip, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+        cv2.imwrite(str(out / "fewshot_strip.jpg"), cv2.resize(strip, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA),
+                    [cv2.IMWRITE_JPEG_QUALITY, 88])
         for p in people:
             (out / f"fewshot_strip_{p}.png").unlink()
 
