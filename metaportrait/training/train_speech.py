@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=24)
     p.add_argument("--freq-mask", type=int, default=0, help="SpecAugment: mask up to this many mel bands per sample")
     p.add_argument("--visemes", action="store_true", help="one-hot visemes (metaportrait.visemes) beside the mels")
+    p.add_argument("--vtlp", type=float, default=0.0, help="augmentation: warp the mel axis by a random "
+                   "factor in 1 ± vtlp (a speaker's vocal tract length)")
     p.add_argument("--viseme-noise", type=float, default=0.0, help="augmentation: fraction of viseme columns "
                    "given a random class")
     p.add_argument("--mouth-loss", type=float, default=0.0, help="weight of an extra loss on the inner-lip gap")
@@ -227,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(1, args.steps + 1):
         idx = torch.from_numpy(rng.choice(train_idx, args.batch_size))
         x, vis = x_all[idx][:, :config.n_mels], x_all[idx][:, config.n_mels:]
+        if args.vtlp:  # vocal tract length perturbation (Jaitly & Hinton 2013): warp the mel axis by 1 ± vtlp
+            alpha = 1.0 + torch.empty(len(idx), 1).uniform_(-args.vtlp, args.vtlp)
+            pos = (torch.arange(config.n_mels)[None].float() * alpha).clamp(0, config.n_mels - 1)  # B×M
+            lo = pos.floor().long()
+            hi = (lo + 1).clamp(max=config.n_mels - 1)
+            frac = (pos - lo)[:, :, None]
+            x = torch.gather(x, 1, lo[:, :, None].expand_as(x)) * (1 - frac) + \
+                torch.gather(x, 1, hi[:, :, None].expand_as(x)) * frac
         x = x + torch.empty(len(idx), 1, 1).uniform_(-0.3, 0.3)  # ±6 dB gain
         x = torch.maximum(x, torch.randn(len(idx), 1, 1) * 0.3 - 2.5 + torch.randn_like(x) * 0.1)  # noise floor
         if args.freq_mask:  # SpecAugment (Park et al. 2019): a random band of mels set to the mean
@@ -247,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         sched.step()
         if step % 100 == 0 or step == args.steps:
             val, r, pooled = validate()
-            log.append({"step": step, "train_loss": round(float(loss), 4), "val_loss": round(val, 4),
+            log.append({"step": step, "train_loss": round(loss.item(), 4), "val_loss": round(val, 4),
                         "val_mouth_r": round(r, 3), "val_mouth_r_pooled": round(pooled, 3)})
             print(json.dumps(log[-1]), flush=True)
             if not len(val_idx) and step == args.steps:
@@ -265,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
         "pca_explained_variance": round(explained, 4), "life_statistics": stats,
         "steps": args.steps, "n_mels": args.n_mels, "hidden": args.hidden, "context": args.context,
-        "freq_mask": args.freq_mask, "visemes": args.visemes, "viseme_noise": args.viseme_noise, "mouth_loss": args.mouth_loss,
+        "freq_mask": args.freq_mask, "visemes": args.visemes, "viseme_noise": args.viseme_noise, "vtlp": args.vtlp, "mouth_loss": args.mouth_loss,
         "validation_fraction": args.validation, "fold": args.fold, "weight_decay": args.weight_decay, "dropout": args.dropout, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "best": {"step": best[2], "val_loss": round(best[0], 4), "val_mouth_r": round(best[1], 3)},
         "threads": args.threads, "seconds": round(time.perf_counter() - t_start, 1), "log": log,
