@@ -8,10 +8,14 @@
    its frames with the mouth closed by :func:`~metaportrait.face.motion.close_mouth`), weighted to
    the mouth, jaw and cheeks (:func:`~metaportrait.face.canonical.lower_face_weights`);
 2. fits the PCA basis of those displacements (training people only) into the model's buffers;
-3. trains the network on log-mel windows (the same :class:`~metaportrait.speak.SpeechFeatures`
+3. trains the network on log-mel windows (and with ``--visemes`` the one-hot visemes of
+   :mod:`metaportrait.visemes`; the same :class:`~metaportrait.speak.SpeechFeatures`
    the inference uses) to predict the displacement (MSE in canonical units), with random gain
    (±6 dB) and noise augmentation, on the first 80 % of each training clip; the last 20 % choose
-   the checkpoint (best mouth-opening correlation); the held-out people are never seen;
+   the checkpoint (best mouth-opening correlation, each clip its own r, averaged). ``--fold k``
+   holds out the k-th fifth of every clip instead (5-fold cross-validation in time, for choosing a
+   recipe and its step count: ``benchmarks/speech_cv.py``); ``--validation 0 --keep-step S`` then
+   trains on every frame and keeps step S. The held-out people are never seen;
 4. measures the statistics of the life beyond the lips on the training clips (head-rotation
    spread and correlation time, blink rate, brow-raise spread) into the config;
 5. writes ``config.json`` + ``model.safetensors`` and a training record.
@@ -127,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fold", type=int, default=None, help="cross-validation: hold out the fold-th block of "
                    "--validation of each clip instead of the last (recipe choice; the shipped model uses the last)")
     p.add_argument("--cache", default=None, help="folder keeping each clip's features and targets between runs")
+    p.add_argument("--keep-step", type=int, default=None, help="keep the model of this step (chosen by "
+                   "cross-validation) instead of the best on the validation frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     args.fold_count = int(round(1.0 / args.validation)) if args.validation > 0 else 1
     args.fold = args.fold_count - 1 if args.fold is None else args.fold
+    if args.keep_step is not None and not 1 <= args.keep_step <= args.steps:
+        raise SystemExit(f"--keep-step must be in [1, {args.steps}]")
     if not 0 <= args.fold < args.fold_count:
         raise SystemExit(f"--fold must be in [0, {args.fold_count - 1}] for --validation {args.validation}")
     torch.set_num_threads(args.threads)
@@ -255,15 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
         sched.step()
-        if step % 100 == 0 or step == args.steps:
+        if step % 100 == 0 or step in (args.steps, args.keep_step):
             val, r, pooled = validate()
             log.append({"step": step, "train_loss": round(loss.item(), 4), "val_loss": round(val, 4),
                         "val_mouth_r": round(r, 3), "val_mouth_r_pooled": round(pooled, 3)})
             print(json.dumps(log[-1]), flush=True)
-            if not len(val_idx) and step == args.steps:
+            fixed = args.keep_step or (args.steps if not len(val_idx) else None)
+            if step == fixed:  # the step chosen beforehand (by cross-validation), or the last one
                 best = (val, r, step)
                 best_state = {k_: v.clone() for k_, v in model.state_dict().items()}
-            elif r > best[1]:  # the checkpoint whose mouth opening follows the held-out-in-time frames best
+            elif fixed is None and r > best[1]:  # the checkpoint whose mouth opening follows the held-out-in-time frames best
                 best = (val, r, step)
                 best_state = {k_: v.clone() for k_, v in model.state_dict().items()}
     model.load_state_dict(best_state)
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "pca_explained_variance": round(explained, 4), "life_statistics": stats,
         "steps": args.steps, "n_mels": args.n_mels, "hidden": args.hidden, "context": args.context,
         "freq_mask": args.freq_mask, "visemes": args.visemes, "viseme_noise": args.viseme_noise, "vtlp": args.vtlp, "mouth_loss": args.mouth_loss,
-        "validation_fraction": args.validation, "fold": args.fold, "weight_decay": args.weight_decay, "dropout": args.dropout, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "validation_fraction": args.validation, "fold": args.fold, "keep_step": args.keep_step, "weight_decay": args.weight_decay, "dropout": args.dropout, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "best": {"step": best[2], "val_loss": round(best[0], 4), "val_mouth_r": round(best[1], 3)},
         "threads": args.threads, "seconds": round(time.perf_counter() - t_start, 1), "log": log,
     }
