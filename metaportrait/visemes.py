@@ -66,7 +66,8 @@ def recognise_phones(chunks: Iterable[np.ndarray], utterance_seconds: float = 60
 
     def finish() -> None:
         decoder.end_utt()
-        segments.extend((s.word, offset + s.start_frame, offset + s.end_frame) for s in decoder.seg())
+        # no hypothesis (an utterance without a frame, e.g. a stream ending on a restart): no segments
+        segments.extend((s.word, offset + s.start_frame, offset + s.end_frame) for s in decoder.seg() or ())
 
     decoder.start_utt()
     for chunk in chunks:

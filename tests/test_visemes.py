@@ -57,6 +57,9 @@ def test_phones_are_in_time_order_and_stream_in_chunks(padded, track):
     for phone, first, last in recognise_phones([padded], utterance_seconds=2.0):
         restarted[first:last + 1] = PHONE_TO_VISEME.get(phone, 0)
     assert (restarted == track).mean() > 0.85
+    # a stream that ends exactly on a restart (4 s, restarts every 2 s) ends with an empty utterance
+    ends_on_restart = recognise_phones([padded[:4 * SAMPLE_RATE]], utterance_seconds=2.0)
+    assert ends_on_restart and ends_on_restart[-1][2] < 400
 
 
 def test_features_carry_one_hot_visemes_aligned_with_the_mels(padded, track):
