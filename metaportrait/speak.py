@@ -87,7 +87,8 @@ class SpeechFeatures:
     from a stream of 16 kHz chunks; holds one block of samples at a time.
 
     Frame ``t`` is at ``t / fps`` seconds; its window is the ``2·context + 1`` mel columns centred
-    there (zeros, i.e. silence, before the start and after the end).
+    there (zeros, i.e. silence, before the start and after the end). A model with visemes also needs
+    ``visemes``, the recording's :func:`~metaportrait.visemes.viseme_track` (one class per 10 ms).
     """
 
     def __init__(self, model: AudioToMotion, chunks: Iterator[np.ndarray], reference_db: float, fps: float,
