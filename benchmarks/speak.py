@@ -1,6 +1,6 @@
 """Speed of audio-driven talking heads on the CPU.
 
-* audio model: features + AudioToMotion for 60 s of speech (examples/driving_speech.mp4's track,
+* audio model: visemes (phone recognition, when the model reads them) + features + AudioToMotion for 60 s of speech (examples/driving_speech.mp4's track,
   repeated), as seconds of compute per second of speech (real-time factor);
 * end to end: `speak` (astronaut photo, that speech, 256² crop) in frames per second, against the
   driving-video reenactment of the same photo by the same clip measured in the same run (ratio).
@@ -21,6 +21,7 @@ import torch
 from metaportrait.audio import SAMPLE_RATE, analyse_audio, read_audio
 from metaportrait.pipeline import MetaPortraitPipeline, ReenactOptions
 from metaportrait.speak import SpeakOptions, SpeechFeatures, load_audio_model, speak
+from metaportrait.visemes import viseme_track
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO / "examples" / "driving_speech.mp4"
@@ -39,7 +40,10 @@ def main() -> None:
     long = np.tile(wave, int(np.ceil(seconds * SAMPLE_RATE / len(wave))))[: seconds * SAMPLE_RATE]
     frames = seconds * 25
     t0 = time.perf_counter()
-    feats = SpeechFeatures(model, iter(np.array_split(long, 12)), info.reference_db, 25.0, info.speech_threshold_db)
+    visemes = viseme_track(iter(np.array_split(long, 12))) if model.config.num_visemes else None
+    t_visemes = (time.perf_counter() - t0) / seconds
+    feats = SpeechFeatures(model, iter(np.array_split(long, 12)), info.reference_db, 25.0, info.speech_threshold_db,
+                           visemes=visemes)
     with torch.inference_mode():
         for f0 in range(0, frames, 25):
             x, _g = feats.windows(f0, min(frames, f0 + 25))
@@ -60,6 +64,8 @@ def main() -> None:
     print(f"| measure ({args.threads} thread{'s' if args.threads > 1 else ''}) | value |")
     print("|---|---|")
     print(f"| audio model: compute per second of speech (60 s) | {audio_model * 1000:.1f} ms ({1 / audio_model:.0f}× real time) |")
+    if visemes is not None:
+        print(f"| of which visemes (phone recognition) | {t_visemes * 1000:.1f} ms ({1 / t_visemes:.0f}× real time) |")
     print(f"| speak end to end, 256² ({res.num_frames} frames) | {speak_fps:.1f} FPS |")
     print(f"| reenact with the same clip as driver (baseline) | {reenact_fps:.1f} FPS |")
     print(f"| ratio speak / reenact | {speak_fps / reenact_fps:.2f} |")

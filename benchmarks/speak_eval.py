@@ -4,7 +4,8 @@ For each held-out person: source = the first frame of their clip, audio = the cl
 the generated video's mouth opening (MediaPipe on every output frame) is compared with the true
 video's (landmarks of ``python -m metaportrait.training.speech_data``, detected on every frame):
 
-* Pearson r of the mouth opening (target >= 0.6);
+* Pearson r of the mouth opening (target >= 0.6), of the rendered video and of the target
+  landmarks before rendering (what the audio model gives, gated by the voice activity);
 * audio-visual offset: lag maximising the correlation of mouth opening and speech envelope, for
   the generated and the true video (target: within ±1 frame);
 * silence: the clip's first 5 s with 2 s of digital silence before and after; the mouth opening in
@@ -27,11 +28,11 @@ import cv2
 import numpy as np
 import torch
 
-from metaportrait.audio import SAMPLE_RATE, read_audio
+from metaportrait.audio import SAMPLE_RATE, analyse_audio, read_audio
 from metaportrait.evaluation.speech import av_offset, blink_count, head_spread, mouth_series, pearson, speech_envelope
 from metaportrait.face import FaceAnalyzer
 from metaportrait.pipeline import MetaPortraitPipeline, ReenactOptions
-from metaportrait.speak import SpeakOptions, load_audio_model, speak
+from metaportrait.speak import SpeakOptions, load_audio_model, speak, speech_landmarks
 from metaportrait.video import iter_frames, read_frames
 
 HELDOUT = ("fi_RGuHfwIRKpA", "fi_YwsVpkumbJc", "fi__ztmNiy8D3c")
@@ -85,7 +86,9 @@ def main() -> None:
         clip = next((Path(args.raw) / person).glob("*/*.mp4"))
         first = next(iter_frames(clip))
         video = tmp / f"{person}.mp4"
-        result = speak(pipe, first, clip, video, options, model=model)
+        src = pipe.prepare_source(first)
+        targets = np.stack([lm for block in speech_landmarks(model, src, clip, analyse_audio(clip), options) for lm in block])
+        result = speak(pipe, src, clip, video, options, model=model)
         frames = read_frames(video)
         lm2, lm3, ok = detect_all(frames)
         n = min(len(frames), len(d["landmarks"]))
@@ -93,6 +96,8 @@ def main() -> None:
         m_true = mouth_series(d["landmarks"][:n])
         both = ok[:n] & d["valid"][:n]
         r = pearson(m_gen[both], m_true[both])
+        k = min(len(targets), n)
+        r_landmarks = pearson(mouth_series(targets[:k])[d["valid"][:k]], m_true[:k][d["valid"][:k]])
         env = speech_envelope(d["wave"], float(d["fps"]), n)
         lag_gen, lag_true = av_offset(m_gen, env), av_offset(m_true, env)
         fps = result.fps
@@ -114,7 +119,8 @@ def main() -> None:
         rest = float(np.median(m[silent]))
         silence_dev = float(np.percentile(np.abs(m[silent] - rest), 95) / max(rng, 1e-9))
         silence_abs = float(np.percentile(m[silent], 95) / max(float(np.percentile(m[speaking], 95)), 1e-9))
-        rows.append({"person": person, "frames": int(n), "mouth_r": round(r, 3), "lag_generated": lag_gen,
+        rows.append({"person": person, "frames": int(n), "mouth_r": round(r, 3), "mouth_r_landmarks": round(r_landmarks, 3),
+                     "lag_generated": lag_gen,
                      "lag_true": lag_true, "silence_dev_of_range": round(silence_dev, 3),
                      "silence_p95_over_speaking_p95": round(silence_abs, 3),
                      "blinks_per_min": round(blinks, 1), "head_spread_deg": round(spread, 2),

@@ -6,7 +6,9 @@ The speech drives the landmarks; the landmarks drive the same renderer as a driv
 1. :func:`metaportrait.audio.analyse_audio` checks the recording and measures its reference level
    (bad audio is refused here, before any output exists);
 2. :class:`SpeechFeatures` streams normalised log-mel windows around each video frame's time and a
-   voice-activity gate, a block of frames at a time (memory does not grow with the length);
+   voice-activity gate, a block of frames at a time (memory does not grow with the length); beside
+   the mels, the viseme class of every 10 ms (:mod:`metaportrait.visemes`, phone recognition in a
+   pass over the recording before the first frame);
 3. :class:`~metaportrait.models.audio_to_motion.AudioToMotion` predicts each frame's mouth, jaw and
    cheek displacement in the canonical face frame; gated by the voice activity (silence: the
    closed, resting mouth) it is mapped onto the source's own closed-mouth landmarks;
@@ -42,6 +44,7 @@ from metaportrait.models.audio_to_motion import AudioToMotion
 from metaportrait.pipeline import MetaPortraitPipeline, ReenactOptions, ReenactResult, SourceFace, draw
 from metaportrait.render import output_size
 from metaportrait.video import VideoWriter, add_visible_label, check_output_path
+from metaportrait.visemes import viseme_track
 from metaportrait.weights import find_component
 
 MAX_TEXT_CHARS = 1000
@@ -84,12 +87,17 @@ class SpeechFeatures:
     from a stream of 16 kHz chunks; holds one block of samples at a time.
 
     Frame ``t`` is at ``t / fps`` seconds; its window is the ``2·context + 1`` mel columns centred
-    there (zeros, i.e. silence, before the start and after the end).
+    there (zeros, i.e. silence, before the start and after the end). A model with visemes also needs
+    ``visemes``, the recording's :func:`~metaportrait.visemes.viseme_track` (one class per 10 ms).
     """
 
     def __init__(self, model: AudioToMotion, chunks: Iterator[np.ndarray], reference_db: float, fps: float,
-                 threshold_db: float, release_seconds: float = 0.08) -> None:
+                 threshold_db: float, release_seconds: float = 0.08, visemes: np.ndarray | None = None) -> None:
         c = model.config
+        if c.num_visemes and visemes is None:
+            raise ValueError("this audio model reads visemes: pass the recording's viseme_track")
+        self.visemes = None if not c.num_visemes else np.asarray(visemes, np.int64)
+        self.num_visemes = c.num_visemes
         self.model, self.fps, self.ref, self.threshold = model, float(fps), float(reference_db), float(threshold_db)
         self.hop, self.n_fft, self.ctx = c.hop_length, c.n_fft, c.context_frames
         self.rate = c.sample_rate / c.hop_length  # mel columns per second
@@ -135,6 +143,14 @@ class SpeechFeatures:
         offsets = torch.tensor([self._column(t) - j0 for t in range(f0, f1)])
         index = offsets[:, None] + torch.arange(2 * self.ctx + 1)[None]
         feats = mel[:, index].permute(1, 0, 2).contiguous().float()  # B×M×W
+        if self.visemes is not None:  # column j is the recording's 10 ms frame j − context
+            frames = index + j0 - self.ctx
+            inside = (frames >= 0) & (frames < len(self.visemes))
+            cls = torch.from_numpy(self.visemes)[frames.clamp(0, max(len(self.visemes) - 1, 0))] \
+                if len(self.visemes) else torch.zeros_like(frames)
+            cls = torch.where(inside, cls, torch.zeros_like(cls))  # outside the recording: silence
+            onehot = torch.nn.functional.one_hot(cls, self.num_visemes).permute(0, 2, 1).float()
+            feats = torch.cat([feats, onehot.to(feats.device)], 1)
         gates = np.empty(f1 - f0, np.float32)
         half = 4 * self.hop  # ±40 ms around the frame's time
         for i, t in enumerate(range(f0, f1)):
@@ -208,8 +224,13 @@ def speech_landmarks(
     for ``round(duration · fps)`` frames."""
     stats = {} if stats is None else stats
     n = max(1, int(round(info.duration * options.fps)))
+    visemes = None
+    if model.config.num_visemes:
+        t0 = time.perf_counter()
+        visemes = viseme_track(iter_audio(audio, max_seconds=options.max_seconds))
+        stats["visemes"] = time.perf_counter() - t0
     features = SpeechFeatures(model, iter_audio(audio, max_seconds=options.max_seconds), info.reference_db,
-                              options.fps, info.speech_threshold_db)
+                              options.fps, info.speech_threshold_db, visemes=visemes)
     life = LifeMotion(model, options.fps, options.seed, options.head_motion)
     rest = close_mouth(source.landmarks)
     depth = source.landmarks_3d[:, 2] if source.landmarks_3d is not None else np.zeros(len(rest), np.float32)

@@ -114,11 +114,12 @@ def test_features_stream_in_constant_memory(model):
     """An hour-long stream holds only one block of samples at a time."""
     rng = np.random.default_rng(0)
     chunks = (rng.standard_normal(5 * SAMPLE_RATE).astype(np.float32) * 0.1 for _ in range(40))  # 200 s
-    feats = SpeechFeatures(model, chunks, reference_db=-20.0, fps=25.0, threshold_db=-50.0)
+    visemes = np.zeros(200 * 100, np.int8) if model.config.num_visemes else None  # 200 s of 10 ms classes
+    feats = SpeechFeatures(model, chunks, reference_db=-20.0, fps=25.0, threshold_db=-50.0, visemes=visemes)
     largest = 0
     for f0 in range(0, 5000, 25):
         x, gates = feats.windows(f0, f0 + 25)
-        assert x.shape == (25, model.config.n_mels, model.config.window)
+        assert x.shape == (25, model.config.channels, model.config.window)
         largest = max(largest, len(feats.buf))
     assert largest <= 6 * SAMPLE_RATE  # a block (1 s) + one decoded chunk (5 s) + the window margin
 

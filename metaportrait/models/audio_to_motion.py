@@ -11,7 +11,9 @@ renderer is the landmark-driven generator of MetaPortrait (Zhang et al., CVPR 20
 
 Input: log-mel features (:meth:`AudioToMotion.log_mel`, dB relative to the recording's reference
 level / 20) in a window of ``2·context_frames + 1`` 10 ms frames centred on the video frame's
-time. Output: :class:`AudioMotionOutput`, the PCA coefficients and the displacement they give.
+time, and with ``num_visemes > 0`` below them the one-hot viseme class of each frame (phones
+recognised by a pre-trained recogniser and grouped by their look, :mod:`metaportrait.visemes`).
+Output: :class:`AudioMotionOutput`, the PCA coefficients and the displacement they give.
 Pure tensors in and out.
 """
 
@@ -33,6 +35,7 @@ class AudioToMotionConfig(ModelConfig):
     win_length: int = 400  # 25 ms Hann window
     hop_length: int = 160  # 10 ms
     n_mels: int = 64
+    num_visemes: int = 0  # one-hot viseme classes per mel column beside the mels (0: mels only)
     f_min: float = 60.0
     f_max: float = 7600.0
     context_frames: int = 24  # mel frames each side of the video frame (±240 ms)
@@ -55,6 +58,8 @@ class AudioToMotionConfig(ModelConfig):
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ValueError(f"AudioToMotionConfig: need 0 <= f_min < f_max <= sample_rate/2, got "
                              f"{self.f_min}, {self.f_max}")
+        if self.num_visemes < 0:
+            raise ValueError(f"AudioToMotionConfig.num_visemes must be >= 0, got {self.num_visemes}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"AudioToMotionConfig.dropout must be in [0, 1), got {self.dropout}")
         if len(self.head_std_deg) != 3 or any(not 0 <= v <= 30 for v in self.head_std_deg):
@@ -69,6 +74,11 @@ class AudioToMotionConfig(ModelConfig):
     @property
     def window(self) -> int:
         return 2 * self.context_frames + 1
+
+    @property
+    def channels(self) -> int:
+        """Input rows per window column: the mels, then the one-hot visemes."""
+        return self.n_mels + self.num_visemes
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ class AudioToMotion(HubModel):
                              persistent=False)
         self.register_buffer("hann", torch.hann_window(c.win_length), persistent=False)
         self.encoder = nn.Sequential(
-            nn.Conv1d(c.n_mels, h, 3, padding=1), nn.GELU(),
+            nn.Conv1d(c.channels, h, 3, padding=1), nn.GELU(),
             nn.Conv1d(h, h, 3, stride=2, padding=1), nn.GELU(),
             nn.Conv1d(h, h, 3, stride=2, padding=1), nn.GELU(),
             nn.Conv1d(h, h, 3, stride=2, padding=1), nn.GELU(),
@@ -147,10 +157,11 @@ class AudioToMotion(HubModel):
         return self.mean + torch.einsum("bk,knd->bnd", coefficients, self.components)
 
     def forward(self, features: torch.Tensor) -> AudioMotionOutput:
-        """``features``: ``B × n_mels × window`` normalised log-mel windows."""
+        """``features``: ``B × (n_mels + num_visemes) × window``: normalised log-mel windows, then (when
+        the config has visemes) the one-hot viseme class of each column."""
         c = self.config
-        if features.ndim != 3 or features.shape[1] != c.n_mels or features.shape[2] != c.window:
-            raise ValueError(f"features must be B×{c.n_mels}×{c.window}, got {tuple(features.shape)}")
+        if features.ndim != 3 or features.shape[1] != c.channels or features.shape[2] != c.window:
+            raise ValueError(f"features must be B×{c.channels}×{c.window}, got {tuple(features.shape)}")
         coefficients = self.head(self.encoder(features))
         return AudioMotionOutput(coefficients=coefficients, displacement=self.decode(coefficients))
 

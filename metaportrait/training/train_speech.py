@@ -8,10 +8,14 @@
    its frames with the mouth closed by :func:`~metaportrait.face.motion.close_mouth`), weighted to
    the mouth, jaw and cheeks (:func:`~metaportrait.face.canonical.lower_face_weights`);
 2. fits the PCA basis of those displacements (training people only) into the model's buffers;
-3. trains the network on log-mel windows (the same :class:`~metaportrait.speak.SpeechFeatures`
+3. trains the network on log-mel windows (and with ``--visemes`` the one-hot visemes of
+   :mod:`metaportrait.visemes`; the same :class:`~metaportrait.speak.SpeechFeatures`
    the inference uses) to predict the displacement (MSE in canonical units), with random gain
    (±6 dB) and noise augmentation, on the first 80 % of each training clip; the last 20 % choose
-   the checkpoint (best mouth-opening correlation); the held-out people are never seen;
+   the checkpoint (best mouth-opening correlation, each clip its own r, averaged). ``--fold k``
+   holds out the k-th fifth of every clip instead (5-fold cross-validation in time, for choosing a
+   recipe and its step count: ``benchmarks/speech_cv.py``); ``--validation 0 --keep-step S`` then
+   trains on every frame and keeps step S. The held-out people are never seen;
 4. measures the statistics of the life beyond the lips on the training clips (head-rotation
    spread and correlation time, blink rate, brow-raise spread) into the config;
 5. writes ``config.json`` + ``model.safetensors`` and a training record.
@@ -34,6 +38,7 @@ from metaportrait.face.controls import LEFT_BROW, LIPS, RIGHT_BROW
 from metaportrait.face.motion import STABLE_POINTS, _umeyama, close_mouth
 from metaportrait.models.audio_to_motion import AudioToMotion, AudioToMotionConfig
 from metaportrait.speak import SpeechFeatures
+from metaportrait.visemes import NUM_VISEMES, viseme_track
 
 HELDOUT = ("fi_RGuHfwIRKpA", "fi_YwsVpkumbJc", "fi__ztmNiy8D3c")
 
@@ -60,8 +65,21 @@ def clip_targets(lm: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def clip_features(model: AudioToMotion, wave: np.ndarray, reference_db: float, fps: float, n: int) -> np.ndarray:
-    stream = SpeechFeatures(model, iter([wave]), reference_db, fps, threshold_db=-200.0)
+    visemes = viseme_track([wave]) if model.config.num_visemes else None
+    stream = SpeechFeatures(model, iter([wave]), reference_db, fps, threshold_db=-200.0, visemes=visemes)
     return stream.windows(0, n)[0].numpy()
+
+
+def mouth_gap(displacement: torch.Tensor) -> torch.Tensor:
+    """Inner-lip gap (lower minus upper lip, 14 − 13) of canonical displacements ``B×N×2``."""
+    return displacement[:, 14, 1] - displacement[:, 13, 1]
+
+
+def per_clip_r(gap_p: np.ndarray, gap_t: np.ndarray, clip: np.ndarray) -> float:
+    """Mean over clips of the Pearson r of predicted and true mouth gap (each clip its own r, as
+    the evaluation on unseen people has it; a pooled r would also reward per-speaker offsets)."""
+    rs = [pearson(gap_p[clip == c], gap_t[clip == c]) for c in np.unique(clip)]
+    return float(np.nanmean(rs))
 
 
 def life_statistics(clips: list[dict]) -> dict:
@@ -102,9 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=96)
     p.add_argument("--context", type=int, default=24)
     p.add_argument("--freq-mask", type=int, default=0, help="SpecAugment: mask up to this many mel bands per sample")
+    p.add_argument("--visemes", action="store_true", help="one-hot visemes (metaportrait.visemes) beside the mels")
+    p.add_argument("--vtlp", type=float, default=0.0, help="augmentation: warp the mel axis by a random "
+                   "factor in 1 ± vtlp (a speaker's vocal tract length)")
+    p.add_argument("--viseme-noise", type=float, default=0.0, help="augmentation: fraction of viseme columns "
+                   "given a random class")
+    p.add_argument("--mouth-loss", type=float, default=0.0, help="weight of an extra loss on the inner-lip gap")
+    p.add_argument("--validation", type=float, default=0.2, help="last fraction of each training clip held out in "
+                   "time: chooses the checkpoint (0: train on everything for --steps, keep the last step)")
+    p.add_argument("--fold", type=int, default=None, help="cross-validation: hold out the fold-th block of "
+                   "--validation of each clip instead of the last (recipe choice; the shipped model uses the last)")
+    p.add_argument("--cache", default=None, help="folder keeping each clip's features and targets between runs")
+    p.add_argument("--keep-step", type=int, default=None, help="keep the model of this step (chosen by "
+                   "cross-validation) instead of the best on the validation frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    args.fold_count = int(round(1.0 / args.validation)) if args.validation > 0 else 1
+    args.fold = args.fold_count - 1 if args.fold is None else args.fold
+    if args.keep_step is not None and not 1 <= args.keep_step <= args.steps:
+        raise SystemExit(f"--keep-step must be in [1, {args.steps}]")
+    if not 0 <= args.fold < args.fold_count:
+        raise SystemExit(f"--fold must be in [0, {args.fold_count - 1}] for --validation {args.validation}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -118,25 +155,45 @@ def main(argv: list[str] | None = None) -> int:
         clips.append({k: d[k] for k in d.files} | {"name": f.stem, "fps": float(d["fps"])})
     if not clips:
         raise SystemExit(f"no training clips in {args.data}")
-    stats = life_statistics(clips)
+    cache = Path(args.cache) if args.cache else None
+    stats_file = cache / "life_statistics.json" if cache else None
+    if stats_file is not None and stats_file.is_file():
+        stats = json.loads(stats_file.read_text())
+        stats["head_std_deg"] = tuple(stats["head_std_deg"])
+    else:
+        stats = life_statistics(clips)
+        if stats_file is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            stats_file.write_text(json.dumps(stats))
     config = AudioToMotionConfig(dropout=args.dropout, n_mels=args.n_mels, hidden_channels=args.hidden,
-                                 context_frames=args.context, **stats)
+                                 context_frames=args.context,
+                                 num_visemes=NUM_VISEMES if args.visemes else 0, **stats)
     model = AudioToMotion(config)
 
-    xs, ys, part = [], [], []
-    for c in clips:
+    xs, ys, part, owner = [], [], [], []
+    for ci, c in enumerate(clips):
         valid = c["valid"]
         n = len(c["landmarks"])
-        y = clip_targets(frontalise(c["landmarks_3d"], valid), valid)
-        x = clip_features(model, c["wave"], float(c["reference_db"]), c["fps"], n)
-        cut = int(0.8 * n)
+        stored = cache / f"{c['name']}_m{config.n_mels}_c{config.context_frames}_v{config.num_visemes}.npz" if cache else None
+        if stored is not None and stored.is_file():
+            z = np.load(stored)
+            x, y = z["x"], z["y"]
+        else:
+            y = clip_targets(frontalise(c["landmarks_3d"], valid), valid)
+            x = clip_features(model, c["wave"], float(c["reference_db"]), c["fps"], n)
+            if stored is not None:
+                np.savez(stored, x=x, y=y)
+        # validation: the fold-th block of `validation` of the clip's time (default: the last block)
+        v1 = int(round(n * (1.0 - args.validation * (args.fold_count - 1 - args.fold))))
+        v0 = v1 - int(round(n * args.validation))
         for t in np.flatnonzero(valid):
             xs.append(x[t])
             ys.append(y[t])
-            part.append(0 if t < cut else 1)
+            part.append(1 if v0 <= t < v1 else 0)
+            owner.append(ci)
     x_all = torch.from_numpy(np.stack(xs))
     y_all = torch.from_numpy(np.stack(ys))
-    part = np.asarray(part)
+    part, owner = np.asarray(part), np.asarray(owner)
     train_idx, val_idx = np.flatnonzero(part == 0), np.flatnonzero(part == 1)
 
     # PCA of the training displacements -> the model's motion basis
@@ -156,18 +213,22 @@ def main(argv: list[str] | None = None) -> int:
     point_weight[list(LIPS)] = 5.0  # the lips matter most (what a viewer reads speech from)
 
     def loss_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return ((pred - target).square().sum(-1) * point_weight).mean() * 100.0
+        loss = ((pred - target).square().sum(-1) * point_weight).mean() * 100.0
+        if args.mouth_loss:
+            loss = loss + args.mouth_loss * (mouth_gap(pred) - mouth_gap(target)).square().mean() * 100.0
+        return loss
 
-    def validate() -> tuple[float, float]:
+    def validate() -> tuple[float, float, float]:
+        """Validation loss, per-clip mean and pooled mouth-gap r on the held-out-in-time frames."""
+        if not len(val_idx):
+            return float("nan"), float("nan"), float("nan")
         model.eval()
         with torch.no_grad():
             pred = model(x_all[val_idx]).displacement
             loss = float(loss_of(pred, y_all[val_idx]))
         model.train()
-        # mouth-opening correlation in the canonical frame (inner lips 13-14 over corners 61-291)
-        gap_p = (pred[:, 14, 1] - pred[:, 13, 1]).numpy()
-        gap_t = (y_all[val_idx][:, 14, 1] - y_all[val_idx][:, 13, 1]).numpy()
-        return loss, pearson(gap_p, gap_t)
+        gap_p, gap_t = mouth_gap(pred).numpy(), mouth_gap(y_all[val_idx]).numpy()
+        return loss, per_clip_r(gap_p, gap_t, owner[val_idx]), pearson(gap_p, gap_t)
 
     best = (float("inf"), -1.0, 0)
     best_state = None
@@ -175,7 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     for step in range(1, args.steps + 1):
         idx = torch.from_numpy(rng.choice(train_idx, args.batch_size))
-        x = x_all[idx]
+        x, vis = x_all[idx][:, :config.n_mels], x_all[idx][:, config.n_mels:]
+        if args.vtlp:  # vocal tract length perturbation (Jaitly & Hinton 2013): warp the mel axis by 1 ± vtlp
+            alpha = 1.0 + torch.empty(len(idx), 1).uniform_(-args.vtlp, args.vtlp)
+            pos = (torch.arange(config.n_mels)[None].float() * alpha).clamp(0, config.n_mels - 1)  # B×M
+            lo = pos.floor().long()
+            hi = (lo + 1).clamp(max=config.n_mels - 1)
+            frac = (pos - lo)[:, :, None]
+            x = torch.gather(x, 1, lo[:, :, None].expand_as(x)) * (1 - frac) + \
+                torch.gather(x, 1, hi[:, :, None].expand_as(x)) * frac
         x = x + torch.empty(len(idx), 1, 1).uniform_(-0.3, 0.3)  # ±6 dB gain
         x = torch.maximum(x, torch.randn(len(idx), 1, 1) * 0.3 - 2.5 + torch.randn_like(x) * 0.1)  # noise floor
         if args.freq_mask:  # SpecAugment (Park et al. 2019): a random band of mels set to the mean
@@ -184,16 +253,26 @@ def main(argv: list[str] | None = None) -> int:
             band = torch.arange(config.n_mels)[None]
             mask = (band >= start[:, None]) & (band < (start + width)[:, None])
             x = torch.where(mask[:, :, None], x.mean(dim=(1, 2), keepdim=True), x)
+        if vis.shape[1] and args.viseme_noise:  # recognition errors: some columns get a random class
+            wrong = torch.rand(len(idx), 1, vis.shape[2]) < args.viseme_noise
+            other = torch.nn.functional.one_hot(torch.randint(0, vis.shape[1], (len(idx), vis.shape[2])), vis.shape[1])
+            vis = torch.where(wrong, other.permute(0, 2, 1).float(), vis)
+        x = torch.cat([x, vis], 1)
         loss = loss_of(model(x).displacement, y_all[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        if step % 100 == 0 or step == args.steps:
-            val, r = validate()
-            log.append({"step": step, "train_loss": round(float(loss), 4), "val_loss": round(val, 4), "val_mouth_r": round(r, 3)})
+        if step % 100 == 0 or step in (args.steps, args.keep_step):
+            val, r, pooled = validate()
+            log.append({"step": step, "train_loss": round(loss.item(), 4), "val_loss": round(val, 4),
+                        "val_mouth_r": round(r, 3), "val_mouth_r_pooled": round(pooled, 3)})
             print(json.dumps(log[-1]), flush=True)
-            if r > best[1]:  # the checkpoint whose mouth opening follows the held-out-in-time frames best
+            fixed = args.keep_step or (args.steps if not len(val_idx) else None)
+            if step == fixed:  # the step chosen beforehand (by cross-validation), or the last one
+                best = (val, r, step)
+                best_state = {k_: v.clone() for k_, v in model.state_dict().items()}
+            elif fixed is None and r > best[1]:  # the checkpoint whose mouth opening follows the held-out-in-time frames best
                 best = (val, r, step)
                 best_state = {k_: v.clone() for k_, v in model.state_dict().items()}
     model.load_state_dict(best_state)
@@ -205,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         "frames": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
         "pca_explained_variance": round(explained, 4), "life_statistics": stats,
         "steps": args.steps, "n_mels": args.n_mels, "hidden": args.hidden, "context": args.context,
-        "freq_mask": args.freq_mask, "weight_decay": args.weight_decay, "dropout": args.dropout, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "freq_mask": args.freq_mask, "visemes": args.visemes, "viseme_noise": args.viseme_noise, "vtlp": args.vtlp, "mouth_loss": args.mouth_loss,
+        "validation_fraction": args.validation, "fold": args.fold, "keep_step": args.keep_step, "weight_decay": args.weight_decay, "dropout": args.dropout, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "best": {"step": best[2], "val_loss": round(best[0], 4), "val_mouth_r": round(best[1], 3)},
         "threads": args.threads, "seconds": round(time.perf_counter() - t_start, 1), "log": log,
     }
