@@ -142,7 +142,8 @@ def main() -> None:
     }
     print(json.dumps(summary, indent=1))
     (out / "speak_eval.json").write_text(json.dumps(summary, indent=1) + "\n")
-    cv2.imwrite(str(out / "speak_strip.png"), cv2.cvtColor(np.concatenate(strips, 0), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out / "speak_strip.jpg"), cv2.cvtColor(np.concatenate(strips, 0), cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 88])
 
 
 if __name__ == "__main__":
