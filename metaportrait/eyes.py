@@ -39,9 +39,9 @@ RAMP = 0.35
 OPEN_FLOOR = 0.1
 """Lid gap / eye width below which a source eye counts as closed already (closing is measured
 relative to at least this, so a closed source eye is never redrawn)."""
-MASK_GROW = 0.12
+MASK_GROW = 0.25
 """The eye-region mask is grown by this fraction of the eye width (the lids and the lash line)."""
-MASK_FEATHER = 0.08
+MASK_FEATHER = 0.1
 """Gaussian feather (σ) of the mask, as a fraction of the eye width."""
 
 
