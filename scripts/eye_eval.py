@@ -10,7 +10,7 @@ network (``weights/eye_interior``), on closing eyes.
    among the first 25 to every frame where an eye closes (:func:`metaportrait.eyes.fill_strength`
    ≥ 0.5 for an eye); eye-box PSNR and detail ratio (mean Sobel magnitude, output / truth) of the
    eyes being redrawn, warp vs network;
-3. ``--strip``: a zoomed PNG strip of closed eyes (portraits: source, warp, network; unseen people:
+3. ``--strip``: a zoomed PNG strip (256-colour palette) of closed eyes (portraits: source, warp, network; unseen people:
    truth, warp, network).
 
     python scripts/eye_eval.py --source astronaut1400 examples/astronaut.jpg examples/mona_lisa.jpg \\
@@ -26,11 +26,11 @@ import cv2
 import numpy as np
 
 from metaportrait.evaluation.reenactment import psnr, sobel_detail
-from metaportrait.eyes import EYES, fill_strength
+from metaportrait.eyes import EYES, eye_opening, fill_strength
 from metaportrait.face import FaceAnalyzer
 from metaportrait.pipeline import EditOptions, MetaPortraitPipeline
 
-ZOOM = 192
+ZOOM = 160
 
 
 def mp_eye(image: np.ndarray) -> float:
@@ -92,8 +92,6 @@ def unseen(pipe, plain, data_dir: str, clip_id: str, strip: list[np.ndarray], ro
     clip = next(c for c in data.clips if clip_id in c.id)
     frames, lms, valid = data.frames(clip), data.landmarks(clip), data.valid(clip)
     idx = np.flatnonzero(valid)
-    from metaportrait.eyes import eye_opening
-
     first = idx[:25]
     s = int(first[np.argmax([eye_opening(lms[i], 0) + eye_opening(lms[i], 1) for i in first])])
     source = pipe.source_from_crop(np.ascontiguousarray(frames[s]), np.asarray(lms[s]))
@@ -151,7 +149,11 @@ def main() -> None:
                   f"| {r['warp_detail']:.3f} | {r['ours_detail']:.3f} |")
     if args.strip and strip:
         img = np.concatenate(strip, 0)
-        cv2.imwrite(args.strip, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        from PIL import Image
+
+        # a 256-colour palette (median cut, dithered) keeps the PNG a third of its RGB size
+        Image.fromarray(img).quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                      dither=Image.Dither.FLOYDSTEINBERG).save(args.strip, optimize=True)
         print(f"{args.strip}: {img.shape[1]}×{img.shape[0]}")
 
 
