@@ -37,8 +37,9 @@ SOURCE_MARGIN = 0.15
 RAMP = 0.35
 """Over this much more (relative) closing the network's share rises from 0 to 1."""
 OPEN_FLOOR = 0.1
-"""Lid gap / eye width below which a source eye counts as closed already (closing is measured
-relative to at least this, so a closed source eye is never redrawn)."""
+"""The source's lid gap / eye width is taken as at least this when the closing is measured: a source
+eye that is nearly shut already closes by (its gap / OPEN_FLOOR), not by 100 %, so the network
+takes over less of it."""
 MASK_GROW = 0.25
 """The eye-region mask is grown by this fraction of the eye width (the lids and the lash line)."""
 MASK_FEATHER = 0.1
