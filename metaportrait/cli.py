@@ -39,7 +39,8 @@ def _reenact(args: argparse.Namespace) -> int:
         audio=args.audio,
     )
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter,
-                                                backend=args.backend, mouth_interior=not args.no_mouth)
+                                                backend=args.backend, mouth_interior=not args.no_mouth,
+                                                eye_interior=not args.no_eyes_net)
     bar = tqdm(total=0, unit="frame", desc="reenact", disable=args.quiet)
 
     def progress(done: int, total: int, stage: str) -> None:
@@ -75,6 +76,8 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="pipeline folder or Hub repo id (default: embedded weights/)")
     p.add_argument("--no-mouth", action="store_true",
                    help="do not draw the inside of an opening mouth with the mouth-interior network (the warp alone)")
+    p.add_argument("--no-eyes-net", action="store_true",
+                   help="do not draw closing eyelids with the eye-interior network (the warp alone)")
     p.add_argument("--adapter", default=None, help="personalization adapter folder (metaportrait personalize)")
     p.add_argument("--mode", choices=["absolute", "relative"], default="relative",
                    help="absolute: same person; relative: cross-identity (default)")
@@ -122,7 +125,8 @@ def _edit(args: argparse.Namespace) -> int:
         roll=args.roll, gaze_x=args.gaze_x, gaze_y=args.gaze_y, size=None if args.size == "auto" else int(args.size),
         paste_back=args.paste_back, visible_label=not args.no_visible_label,
     )
-    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, mouth_interior=not args.no_mouth)
+    pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, mouth_interior=not args.no_mouth,
+                                                eye_interior=not args.no_eyes_net)
     image = pipe.edit(pipe.prepare_source(args.source), options)
     tmp = output.with_name(f".{output.name}.partial{output.suffix}")
     try:
@@ -158,6 +162,7 @@ def _add_edit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--no-mouth", action="store_true", help="do not draw the mouth interior (the warp alone)")
+    p.add_argument("--no-eyes-net", action="store_true", help="do not draw closed eyelids with the eye network (the warp alone)")
     p.add_argument("--no-visible-label", action="store_true",
                    help="omit the visible 'AI-generated' mark (PNG files always carry it in their metadata)")
     p.set_defaults(func=_edit)
@@ -174,6 +179,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "meta-train": ("metaportrait.training.meta_train", "Reptile meta-learning of a personalizable initialisation"),
     "personalize": ("metaportrait.training.personalize", "adapt the model to one person in seconds (adapter or full)"),
     "train-mouth": ("metaportrait.training.train_mouth", "train the mouth-interior network (teeth, tongue)"),
+    "train-eyes": ("metaportrait.training.train_eyes", "train the eye-interior network (closing eyelids)"),
     "train-sr": ("metaportrait.training.train_sr", "train the temporal super-resolution network"),
     "upscale": ("metaportrait.superres", "upscale a 256² face video to 512² (temporal super-resolution)"),
     "train-fewshot": ("metaportrait.training.fewshot", "meta-learn the few-shot model of Zakharov et al. 2019"),

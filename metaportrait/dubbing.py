@@ -87,7 +87,7 @@ def animate_video_source(pipe: DubbingModel, source_frames: Iterable[np.ndarray]
             stats["generation"] = stats.get("generation", 0.0) + spent
             t0 += spent  # "render" below counts the rest: rings, triangulation, sampling, label
             out = draw(src, grids[0], None if residuals is None else residuals[0], True, pipe.size, target=target,
-                       mouth=pipe.mouth)
+                       mouth=pipe.mouth, eyes=pipe.eyes)
         if options.visible_label:
             out = add_visible_label(out)
         stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0

@@ -67,7 +67,7 @@ class LiveSession:
             target = self.pipe.control(self.source, target, self.options)
             grids, residuals = self.pipe.motion(self.source, [target], self.options.full_head)
             out = draw(self.source, grids[0], None if residuals is None else residuals[0], self.options.paste_back,
-                       self.size, target=target, mouth=self.pipe.mouth)
+                       self.size, target=target, mouth=self.pipe.mouth, eyes=self.pipe.eyes)
         if self.options.visible_label:
             out = add_visible_label(out)
         self.frames += 1

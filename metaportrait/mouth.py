@@ -72,7 +72,7 @@ def apply_affine(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return p @ affine[:, :2].T + affine[:, 2]
 
 
-def _index_affine(affine: np.ndarray) -> np.ndarray:
+def index_affine(affine: np.ndarray) -> np.ndarray:
     """The same map between pixel *indices* (continuous − 0.5), as cv2 wants it."""
     a = affine.copy()
     a[:, 2] = affine[:, 2] + affine[:, :2] @ np.array([0.5, 0.5]) - 0.5
@@ -98,7 +98,7 @@ def crop_mouth(image: np.ndarray, affine: np.ndarray, crop_size: int) -> np.ndar
         part = cv2.GaussianBlur(part, (0, 0), 0.45 / scale)
     shifted = affine.copy()
     shifted[:, 2] = affine[:, 2] + affine[:, :2] @ np.array([x0, y0], np.float64)
-    return cv2.warpAffine(part, _index_affine(shifted), (crop_size, crop_size), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(part, index_affine(shifted), (crop_size, crop_size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT_101)
 
 
@@ -209,7 +209,7 @@ def paste_mouth(frame: np.ndarray, prediction: np.ndarray, affine: np.ndarray, i
     shifted = affine.copy()  # frame pixels of the region -> crop pixels
     shifted[:, 2] = affine[:, 2] + affine[:, :2] @ np.array([x0, y0], np.float64)
     # warpAffine with WARP_INVERSE_MAP samples prediction at shifted(region pixel)
-    region = cv2.warpAffine(prediction, _index_affine(shifted), (x1 - x0, y1 - y0),
+    region = cv2.warpAffine(prediction, index_affine(shifted), (x1 - x0, y1 - y0),
                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
     m = mask[..., None] * float(strength)
     base = frame[y0:y1, x0:x1].astype(np.float32)
@@ -229,6 +229,7 @@ __all__ = [
     "crop_mouth",
     "fill_strength",
     "fill_polygon",
+    "index_affine",
     "inner_mask",
     "lip_image",
     "mouth_frame",

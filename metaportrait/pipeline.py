@@ -56,7 +56,9 @@ from metaportrait.models.face_align import align_faces
 from metaportrait.models.generator import MetaPortraitGenerator
 from metaportrait.runtime import Backend, GeneratorRuntime, resolve_backend
 from metaportrait.models.identity_encoder import IdentityEncoder
+from metaportrait.models.eye_interior import EyeInteriorNetwork
 from metaportrait.models.mouth_interior import MouthInteriorNetwork
+from metaportrait.eyes import EyeFiller
 from metaportrait.mouth import MouthFiller
 from metaportrait.render import output_size
 from metaportrait.tensors import to_tensor, to_uint8
@@ -109,10 +111,13 @@ class MetaPortraitPipeline:
         limits: InputLimits = DEFAULT_LIMITS,
         backend: Backend = "auto",
         mouth_interior: MouthInteriorNetwork | None = None,
+        eye_interior: EyeInteriorNetwork | None = None,
     ) -> None:
         self.device = torch.device(device)
         # draws the inside of an opening mouth (teeth, tongue) over the warp; None: the warp alone
         self.mouth = None if mouth_interior is None else MouthFiller(mouth_interior, self.device)
+        # draws the lids of an eye that closes further than the source's; None: the warp alone
+        self.eyes = None if eye_interior is None else EyeFiller(eye_interior, self.device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         self.identity_encoder = identity_encoder.to(self.device).eval().requires_grad_(False)
         self.limits = limits
@@ -138,6 +143,7 @@ class MetaPortraitPipeline:
         limits: InputLimits = DEFAULT_LIMITS,
         backend: Backend = "auto",
         mouth_interior: bool = True,
+        eye_interior: bool = True,
     ) -> MetaPortraitPipeline:
         """Load from a pipeline folder, a single generator folder or a Hub repo id (strict).
 
@@ -146,7 +152,8 @@ class MetaPortraitPipeline:
         ``adapter`` is a personalization adapter folder (``metaportrait personalize``); ``backend``
         chooses how the networks run (:mod:`metaportrait.runtime`: ``"auto"`` = ONNX Runtime on the CPU);
         ``mouth_interior``: load the folder's mouth-interior network when it has one (strict), or
-        the adapter's personalized one when the adapter folder has a ``mouth_interior/``.
+        the adapter's personalized one when the adapter folder has a ``mouth_interior/``;
+        ``eye_interior``: likewise the folder's eye-interior (closing eyelid) network.
         """
         from metaportrait.identity import load_identity_encoder
 
@@ -157,7 +164,8 @@ class MetaPortraitPipeline:
             # an adapter is trained on one component (the meta-learned weights when there are any)
             component = read_adapter_config(adapter).get("metadata", {}).get("component", "generator")
         folder = resolve_pipeline_folder(weights, components=(("base", "meta") if component == "meta" else ("base",))
-                                         + (("mouth_interior",) if mouth_interior else ()))
+                                         + (("mouth_interior",) if mouth_interior else ())
+                                         + (("eye_interior",) if eye_interior else ()))
         index = read_model_index(folder)
         gen_dir = component_folder(folder, index, component)
         if gen_dir is None:
@@ -173,9 +181,12 @@ class MetaPortraitPipeline:
         if mouth_interior and adapter is not None and (Path(adapter) / "mouth_interior").is_dir():
             mouth_dir = Path(adapter) / "mouth_interior"  # personalized on the person's own frames
         mouth = None if mouth_dir is None else MouthInteriorNetwork.from_pretrained(mouth_dir)
+        eyes_dir = component_folder(folder, index, "eye_interior") if eye_interior else None
+        eyes = None if eyes_dir is None else EyeInteriorNetwork.from_pretrained(eyes_dir)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(generator, encoder, device=device, limits=limits, backend=backend, mouth_interior=mouth)
+        return cls(generator, encoder, device=device, limits=limits, backend=backend, mouth_interior=mouth,
+                   eye_interior=eyes)
 
     # ------------------------------------------------------------------ source
     def prepare_source(self, image: str | Path | np.ndarray, analyzer: FaceAnalyzer | None = None) -> SourceFace:
@@ -297,7 +308,7 @@ class MetaPortraitPipeline:
         n = size or self.size
         return np.stack([
             draw(source, g, None if residuals is None else residuals[i], False, n, target=driving_landmarks[i],
-                 mouth=self.mouth) for i, g in enumerate(grids)
+                 mouth=self.mouth, eyes=self.eyes) for i, g in enumerate(grids)
         ])
 
     @staticmethod
@@ -329,7 +340,7 @@ class MetaPortraitPipeline:
         target = self.edited_landmarks(source, options)
         grids, residuals = self.motion(source, [target], options.full_head)
         frame = draw(source, grids[0], None if residuals is None else residuals[0], options.paste_back,
-                     output_size(source.crop, options.size, self.size), target=target, mouth=self.mouth)
+                     output_size(source.crop, options.size, self.size), target=target, mouth=self.mouth, eyes=self.eyes)
         return add_visible_label(frame) if options.visible_label else frame
 
     def animate(
@@ -377,7 +388,7 @@ class MetaPortraitPipeline:
                     frame = None  # several faces draw in turn onto one photo
                     for src, ((grids, residuals), targets) in zip(sources, motions):
                         frame = draw(src, grids[k], None if residuals is None else residuals[k], options.paste_back,
-                                     size, canvas=frame, target=targets[k], mouth=self.mouth)
+                                     size, canvas=frame, target=targets[k], mouth=self.mouth, eyes=self.eyes)
                     k += 1
                 if options.visible_label:
                     frame = add_visible_label(frame)

@@ -150,19 +150,24 @@ __all__ = ["displacement", "output_size", "render_crop", "render_into_photo", "r
 
 
 def draw(source: SourceFace, grid: np.ndarray, residual: np.ndarray | None, paste_back: bool, size: int,
-         canvas: np.ndarray | None = None, target: np.ndarray | None = None, mouth=None) -> np.ndarray:
+         canvas: np.ndarray | None = None, target: np.ndarray | None = None, mouth=None, eyes=None) -> np.ndarray:
     """One output frame of ``source`` moved by a working-size ``grid`` (+ ``residual``): the whole photo
     at its own resolution (``paste_back``; drawn onto ``canvas`` when given), else the face crop at
-    ``size``². With ``mouth`` (a :class:`~metaportrait.mouth.MouthFiller`) and the ``target`` landmarks
-    (working-size crop pixels), the mouth interior is drawn where the target opens the mouth."""
+    ``size``². With the ``target`` landmarks (working-size crop pixels): ``mouth`` (a
+    :class:`~metaportrait.mouth.MouthFiller`) draws the mouth interior where the target opens the
+    mouth, ``eyes`` (an :class:`~metaportrait.eyes.EyeFiller`) the lids where it closes an eye
+    further than the source's."""
+    fillers = [f for f in (mouth, eyes) if f is not None] if target is not None else []
     if paste_back:
         out = render_into_photo(source.image, source.crop, grid, residual, canvas=canvas)
-        if mouth is not None and target is not None:
+        if fillers:
             scaled = np.asarray(target, np.float64)[:, :2] * (source.crop.size / source.face.shape[0])
-            out = mouth(out, source.crop.points_to_image(scaled), source.face, source.landmarks)
+            lm = source.crop.points_to_image(scaled)
+            for fill in fillers:
+                out = fill(out, lm, source.face, source.landmarks)
         return out
     out = render_crop(source.face_at(size), grid, residual)
-    if mouth is not None and target is not None:
-        out = mouth(out, np.asarray(target, np.float64)[:, :2] * (size / source.face.shape[0]), source.face,
-                    source.landmarks)
+    for fill in fillers:
+        out = fill(out, np.asarray(target, np.float64)[:, :2] * (size / source.face.shape[0]), source.face,
+                   source.landmarks)
     return out

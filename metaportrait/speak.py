@@ -303,7 +303,7 @@ def speak(
             for k in range(len(block)):
                 t0 = time.perf_counter()
                 frame = draw(src, grids[k], None if residuals is None else residuals[k], controls.paste_back, size,
-                             target=block[k], mouth=pipe.mouth)
+                             target=block[k], mouth=pipe.mouth, eyes=pipe.eyes)
                 if controls.visible_label:
                     frame = add_visible_label(frame)
                 stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0

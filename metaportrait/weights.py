@@ -7,6 +7,7 @@ A *pipeline folder* (the layout of ``weights/`` and of a Hub repo made by ``push
     meta/                     optional meta-learned generator (same class), for personalization
     sr/                       optional TemporalSuperResolution
     mouth_interior/           optional MouthInteriorNetwork (drawn inside opening mouths)
+    eye_interior/             optional EyeInteriorNetwork (lids drawn over closing eyes)
     fewshot/{embedder,generator,discriminator}/   optional few-shot family
 
 ``PyTorchModelHubMixin.from_pretrained`` has no ``subfolder``; a Hub repo is therefore fetched
@@ -98,7 +99,8 @@ def read_model_index(folder: Path) -> dict:
 
 
 def component_folder(folder: Path, index: dict, name: str) -> Path | None:
-    """Folder of component ``name`` ("generator", "meta", "sr", "fewshot", "mouth_interior"), or None
+    """Folder of component ``name`` ("generator", "meta", "sr", "fewshot", "mouth_interior",
+    "eye_interior"), or None
     if absent."""
     sub = index.get(name)
     if not sub:

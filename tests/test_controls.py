@@ -75,9 +75,10 @@ def test_edit_lips_eyes_and_yaw_measured_on_the_output(pipe, source):
     lips = _detect(pipe.edit(source, EditOptions(lips=0.9, visible_label=False)))
     assert _mp_mouth(lips.landmarks) - _mp_mouth(base.landmarks) >= 0.1
     closed = _detect(pipe.edit(source, EditOptions(eyes=0.0, visible_label=False)))
-    # the edited landmarks close completely; MediaPipe reads the warped closed lids as a third open
+    # the edited landmarks close completely; with the eye-interior network drawing the lids MediaPipe
+    # reads the output's eyes as closed to under half their opening (0.18× measured; the warp alone: 0.62×)
     assert eye_opening(pipe.edited_landmarks(source, EditOptions(eyes=0.0))) < 0.02
-    assert _mp_eye(closed.landmarks) <= 0.65 * _mp_eye(base.landmarks)
+    assert _mp_eye(closed.landmarks) <= 0.5 * _mp_eye(base.landmarks)
     turned = _detect(pipe.edit(source, EditOptions(yaw=15, visible_label=False)))
     assert abs(_yaw(base.landmarks_3d, turned.landmarks_3d)) >= 8
 

@@ -25,6 +25,7 @@ from metaportrait.errors import WeightsError
 from metaportrait.models.audio_to_motion import AudioToMotionConfig
 from metaportrait.models.discriminator import discriminator_config
 from metaportrait.models.fewshot import EmbedderConfig, FewShotGeneratorConfig, ProjectionDiscriminatorConfig
+from metaportrait.models.eye_interior import EyeInteriorConfig
 from metaportrait.models.generator import generator_config
 from metaportrait.models.gfpgan_clean import GFPGANv1CleanConfig
 from metaportrait.models.hub import HubModel, ModelConfig
@@ -76,6 +77,10 @@ TINY: dict[str, tuple[Callable[[], ModelConfig], Forward | None]] = {
         lambda: MouthInteriorConfig(crop_size=32, mouth_width=16, base_channels=8, max_channels=16, levels=2),
         lambda m, c: m(_images(c.crop_size), (_images(c.crop_size, seed=1) + 1) / 2, _images(c.crop_size, seed=2)),
     ),
+    "EyeInteriorNetwork": (
+        lambda: EyeInteriorConfig(crop_size=16, eye_width=8, base_channels=8, max_channels=16, levels=2),
+        lambda m, c: m(_images(c.crop_size), (_images(c.crop_size, seed=1) + 1) / 2, _images(c.crop_size, seed=2)),
+    ),
     "ProjectionDiscriminator": (lambda: ProjectionDiscriminatorConfig.preset("tiny", num_videos=3), None),
     "AudioToMotion": (
         lambda: AudioToMotionConfig(n_mels=16, context_frames=4, hidden_channels=8, num_coefficients=3),
@@ -107,7 +112,7 @@ def _build(name: str) -> HubModel:
 
 
 def test_every_hub_model_is_covered():
-    assert len(MODELS) == 12, sorted(MODELS)
+    assert len(MODELS) == 13, sorted(MODELS)
     assert set(MODELS) == set(TINY), f"HubModel subclasses without a contract entry: {set(MODELS) ^ set(TINY)}"
 
 

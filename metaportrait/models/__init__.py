@@ -7,6 +7,7 @@ from metaportrait.models.discriminator import (
     MultiScalePatchDiscriminator,
     discriminator_config,
 )
+from metaportrait.models.eye_interior import EyeInteriorConfig, EyeInteriorNetwork, EyeInteriorOutput
 from metaportrait.models.generator import (
     PRESETS,
     GeneratorConfig,

@@ -52,14 +52,21 @@ _LIPS = list(MOUTH_INNER) + list(MOUTH_OUTER)
 
 
 # ------------------------------------------------------------------------------- pairs
-def _pair(frames: np.ndarray, lms: np.ndarray, s: int, t: int, mouth_width: float, rings_cache: dict) -> dict[str, np.ndarray]:
+def warp_source(frames: np.ndarray, lms: np.ndarray, s: int, t: int, rings_cache: dict) -> np.ndarray:
+    """Frame ``s`` moved onto frame ``t``'s landmarks by the render path's full-head mesh warp
+    (``WORK``²; ``rings_cache`` keeps each source's head rings and triangles)."""
     src_lm, tgt_lm = np.asarray(lms[s], np.float64), np.asarray(lms[t], np.float64)
     if s not in rings_cache:
         rings = head_points(src_lm, WORK, WORK)
         rings_cache[s] = (rings, source_triangles(np.concatenate([src_lm[:, :2], rings.points]), WORK, WORK))
     rings, tris = rings_cache[s]
     grid = head_warp_grid(src_lm, tgt_lm, rings, WORK, triangles=tris)
-    warped = render_crop(np.asarray(frames[s]), grid)
+    return render_crop(np.asarray(frames[s]), grid)
+
+
+def _pair(frames: np.ndarray, lms: np.ndarray, s: int, t: int, mouth_width: float, rings_cache: dict) -> dict[str, np.ndarray]:
+    src_lm, tgt_lm = np.asarray(lms[s], np.float64), np.asarray(lms[t], np.float64)
+    warped = warp_source(frames, lms, s, t, rings_cache)
     a_t = mouth_frame(tgt_lm, CACHE_CROP, mouth_width)
     a_s = mouth_frame(src_lm, CACHE_CROP, mouth_width)
     return {
@@ -187,6 +194,7 @@ class MouthTrainConfig:
     num_steps: int = 100_000
     minutes: float = 55.0  # wall-clock budget; the run stops (and saves) when it is spent
     perceptual_weight: float = 1.0
+    perceptual_scale: float = 0.5  # SFace features at half the crop's size (full size costs more than the rest)
     adversarial_weight: float = 0.1
     feature_matching_weight: float = 1.0
     adversarial_from: int = 400
@@ -205,6 +213,20 @@ def _masked_l1(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 def train_mouth(config: MouthTrainConfig) -> Path:
     """Train (or resume); returns the folder the EMA weights were saved to (``<output>/final``)."""
+    torch.set_num_threads(1)
+    cfg = config.model
+    build_cache(config.data_dir, config.cache_dir, mouth_width=cfg.mouth_width, seed=config.seed)
+    train = MouthPairs.from_cache(config.cache_dir, TRAIN, cfg.crop_size, cfg.mouth_width, augment=True)
+    val = MouthPairs.from_cache(config.cache_dir, "val", cfg.crop_size, cfg.mouth_width, augment=False)
+    return train_crop_network(config, MouthInteriorNetwork(cfg), train, val, condition="lips")
+
+
+def train_crop_network(config, model: torch.nn.Module, train: torch.utils.data.Dataset, val: torch.utils.data.Dataset,
+                       condition: str) -> Path:
+    """The training loop shared by the crop networks (mouth interior, eyelids): ``model(warped,
+    <condition>, source)`` on items ``warped``, ``source``, ``target``, ``mask`` and ``condition``
+    (the raster that also conditions the discriminator); ``config``: a :class:`MouthTrainConfig`
+    (or one with its fields). Returns ``<output>/final`` (the EMA weights)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.training_utils import EMAModel
@@ -219,19 +241,14 @@ def train_mouth(config: MouthTrainConfig) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=True)
     set_seed(config.seed)
-    cfg = config.model
-    build_cache(config.data_dir, config.cache_dir, mouth_width=cfg.mouth_width, seed=config.seed)
-    train = MouthPairs.from_cache(config.cache_dir, TRAIN, cfg.crop_size, cfg.mouth_width, augment=True)
-    val = MouthPairs.from_cache(config.cache_dir, "val", cfg.crop_size, cfg.mouth_width, augment=False)
     accelerator.print(f"{len(train)} training pairs from {len(train.files)} clips, {len(val)} validation pairs")
     loader = torch.utils.data.DataLoader(train, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=0)
-    model = MouthInteriorNetwork(cfg)
     disc = MultiScalePatchDiscriminator(DiscriminatorConfig(condition_channels=3, base_channels=32, max_channels=128,
                                                             num_layers=3, num_scales=2, spectral_norm=True))
     opt_g = torch.optim.Adam(model.parameters(), lr=config.learning_rate, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=config.disc_learning_rate, betas=(0.5, 0.999))
-    # at half the crop's size: SFace features at full size cost more than the rest of a step
-    perceptual = PerceptualLoss(pyramid=(0.5,), network="auto")
+    # at perceptual_scale of the crop's size (default half: SFace features at full size cost more than the rest of a step)
+    perceptual = PerceptualLoss(pyramid=(config.perceptual_scale,), network="auto")
     model, disc, opt_g, opt_d, loader = accelerator.prepare(model, disc, opt_g, opt_d, loader)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
     parts = {"models": {"model": accelerator.unwrap_model(model), "disc": accelerator.unwrap_model(disc)},
@@ -256,7 +273,7 @@ def train_mouth(config: MouthTrainConfig) -> Path:
         with torch.no_grad():
             for i in range(0, len(chosen), 32):
                 b = [val[int(j)] for j in chosen[i:i + 32]]
-                w, lips, src, tgt, m = (torch.stack([x[k] for x in b]) for k in ("warped", "lips", "source", "target", "mask"))
+                w, lips, src, tgt, m = (torch.stack([x[k] for x in b]) for k in ("warped", condition, "source", "target", "mask"))
                 out = composite(w, model(w, lips, src).image, m)
                 tot["val_l1_mask"] += float(_masked_l1(out, tgt, m)) * len(b)
                 tot["warp_l1_mask"] += float(_masked_l1(w, tgt, m)) * len(b)
@@ -267,7 +284,7 @@ def train_mouth(config: MouthTrainConfig) -> Path:
     done = False
     while not done:
         for batch in loader:
-            w, lips, src, tgt, m = (batch[k] for k in ("warped", "lips", "source", "target", "mask"))
+            w, lips, src, tgt, m = (batch[k] for k in ("warped", condition, "source", "target", "mask"))
             fake = composite(w, model(w, lips, src).image, m)
             adv = step >= config.adversarial_from
             loss_l1 = _masked_l1(fake, tgt, m)
@@ -399,14 +416,15 @@ def masked_error(network: MouthInteriorNetwork, pairs: MouthPairs) -> float:
     return float(np.mean(errs))
 
 
-def export_checkpoint(checkpoint: str | Path, dest: str | Path, model: MouthInteriorConfig = MouthInteriorConfig()) -> Path:
+def export_checkpoint(checkpoint: str | Path, dest: str | Path, model: MouthInteriorConfig = MouthInteriorConfig(),
+                      network_class: type = MouthInteriorNetwork) -> Path:
     """Write a checkpoint's EMA weights as a ``save_pretrained`` folder (``config.json`` +
-    ``model.safetensors``)."""
+    ``model.safetensors``); ``network_class(model)`` is the network trained."""
     from diffusers.training_utils import EMAModel
 
     from metaportrait.training.checkpoint import load_ema
 
-    net = MouthInteriorNetwork(model)
+    net = network_class(model)
     ema = EMAModel(net.parameters())
     load_ema(checkpoint, ema)
     ema.copy_to(net.parameters())
