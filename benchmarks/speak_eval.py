@@ -64,11 +64,12 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--head-motion", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-eyes-net", action="store_true", help="without the eye-interior network (the warp's lids)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = MetaPortraitPipeline.from_pretrained(device="cpu")
+    pipe = MetaPortraitPipeline.from_pretrained(device="cpu", eye_interior=not args.no_eyes_net)
     model = load_audio_model()
     tmp = Path(tempfile.mkdtemp(prefix="speak-eval-"))
     rows, strips = [], []
