@@ -34,6 +34,7 @@ import torch
 from metaportrait.eyes import EYES, contour_image, eye_frame, eye_mask, eye_opening, fill_strength
 from metaportrait.models.eye_interior import EyeInteriorConfig, EyeInteriorNetwork
 from metaportrait.mouth import apply_affine, crop_mouth
+from metaportrait.training.crop_pairs import CropPairs
 from metaportrait.training.prepared import HELDOUT_FRAMES, TRAIN, PreparedData
 from metaportrait.training.train_mouth import MouthTrainConfig, export_checkpoint, train_crop_network, warp_source
 
@@ -125,54 +126,24 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, *, eye_width: float
     return written
 
 
-class EyePairs(torch.utils.data.Dataset):
+class EyePairs(CropPairs):
     """The cached eye rows of one split, augmented (random shift, shared colour jitter) when
     ``augment``; items: ``warped``, ``source``, ``target`` (3×S×S in [-1, 1]), ``contour``
-    (3×S×S, :func:`metaportrait.eyes.contour_image`) and ``mask`` (1×S×S, the eye mask)."""
+    (3×S×S, :func:`metaportrait.eyes.contour_image`) and ``mask`` (1×S×S, the eye mask).
+    ``width``: the eye width in crop pixels."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], crop_size: int, eye_width: float, augment: bool) -> None:
-        if not len(arrays.get("target", ())):
-            raise ValueError("no eye pairs")
-        self.arrays = arrays
-        self.crop_size, self.eye_width, self.augment = crop_size, float(eye_width), augment
-        self.files: list[Path] = []
-
-    @classmethod
-    def from_cache(cls, cache_dir: str | Path, split: str, crop_size: int, eye_width: float, augment: bool) -> EyePairs:
-        files = sorted(Path(cache_dir).expanduser().glob(f"{split}__*.npz"))
-        if not files:
-            raise FileNotFoundError(f"no {split} eye pairs in {cache_dir} (run build_cache first)")
-        parts = [dict(np.load(f)) for f in files]
-        out = cls({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, crop_size, eye_width, augment)
-        out.files = files
-        return out
-
-    def __len__(self) -> int:
-        return len(self.arrays["target"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.sample(i, np.random.default_rng() if self.augment else np.random.default_rng(i))
+    what = "eye"
 
     def sample(self, i: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Row ``i``, augmented with draws from ``rng`` when ``augment``."""
-        a = self.arrays
         s = self.crop_size
-        stored = a["target"].shape[1]
-        ox, oy = (rng.integers(0, stored - s + 1, 2) if self.augment else ((stored - s) // 2,) * 2)
-        ims = [a[k][i][oy:oy + s, ox:ox + s].astype(np.float32) for k in ("warped", "source", "target")]
-        contour = a["contour"][i].astype(np.float64) - [ox, oy]
-        src_contour = a["source_contour"][i].astype(np.float64) - [ox, oy]
-        if self.augment:  # brightness, contrast, saturation, shared by the three crops
-            gain, bias, sat = rng.uniform(0.8, 1.2), rng.uniform(-15, 15), rng.uniform(0.7, 1.3)
-            out = []
-            for im in ims:
-                grey = im.mean(axis=2, keepdims=True)
-                im = (grey + sat * (im - grey) - 128.0) * gain + 128.0 + bias
-                out.append(np.clip(im, 0, 255))
-            ims = out
+        ims, shift = self.crops(i, rng)
+        contour = self.arrays["contour"][i].astype(np.float64) - shift
+        src_contour = self.arrays["source_contour"][i].astype(np.float64) - shift
+        ims = self.jitter(ims, rng)
         raster = contour_image(contour, src_contour, s)
-        mask = eye_mask(contour, src_contour, self.eye_width, s)
-        t = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) / 127.5 - 1.0 for im in ims]
+        mask = eye_mask(contour, src_contour, self.width, s)
+        t = self.tensors(ims)
         return {"warped": t[0], "source": t[1], "target": t[2],
                 "contour": torch.from_numpy(raster).permute(2, 0, 1), "mask": torch.from_numpy(mask)[None]}
 

@@ -40,6 +40,7 @@ from metaportrait.models.discriminator import DiscriminatorConfig, MultiScalePat
 from metaportrait.models.mouth_interior import MouthInteriorConfig, MouthInteriorNetwork, composite
 from metaportrait.mouth import apply_affine, crop_mouth, inner_mask, lip_image, mouth_frame, mouth_opening
 from metaportrait.render import render_crop
+from metaportrait.training.crop_pairs import CropPairs
 from metaportrait.training.checkpoint import latest_checkpoint, load_checkpoint, rotate_checkpoints, save_checkpoint, truncate_log
 from metaportrait.training.prepared import HELDOUT_FRAMES, TRAIN, PreparedData
 
@@ -124,59 +125,29 @@ def build_cache(data_dir: str | Path, cache_dir: str | Path, *, mouth_width: flo
     return written
 
 
-class MouthPairs(torch.utils.data.Dataset):
+class MouthPairs(CropPairs):
     """The cached pairs of one split, augmented (random shift, flip, shared colour jitter) when
     ``augment``; items: ``warped``, ``source``, ``target`` (3×S×S in [-1, 1]), ``lips`` (3×S×S)
-    and ``mask`` (1×S×S, the feathered inner-lip mask)."""
+    and ``mask`` (1×S×S, the feathered inner-lip mask). ``width``: the mouth width in crop pixels."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], crop_size: int, mouth_width: float, augment: bool) -> None:
-        if not len(arrays.get("target", ())):
-            raise ValueError("no mouth pairs")
-        self.arrays = arrays
-        self.crop_size, self.mouth_width, self.augment = crop_size, float(mouth_width), augment
-        self.files: list[Path] = []
-
-    @classmethod
-    def from_cache(cls, cache_dir: str | Path, split: str, crop_size: int, mouth_width: float, augment: bool) -> MouthPairs:
-        files = sorted(Path(cache_dir).expanduser().glob(f"{split}__*.npz"))
-        if not files:
-            raise FileNotFoundError(f"no {split} pairs in {cache_dir} (run build_cache first)")
-        parts = [dict(np.load(f)) for f in files]
-        out = cls({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, crop_size, mouth_width, augment)
-        out.files = files
-        return out
-
-    def __len__(self) -> int:
-        return len(self.arrays["target"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.sample(i, np.random.default_rng() if self.augment else np.random.default_rng(i))
+    what = "mouth"
 
     def sample(self, i: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """Pair ``i``, augmented with draws from ``rng`` when ``augment``."""
-        a = self.arrays
         s = self.crop_size
-        ox, oy = (rng.integers(0, CACHE_CROP - s + 1, 2) if self.augment else ((CACHE_CROP - s) // 2,) * 2)
-        ims = [a[k][i][oy:oy + s, ox:ox + s].astype(np.float32) for k in ("warped", "source", "target")]
-        lips = a["lips"][i].astype(np.float64) - [ox, oy]
-        src_inner = a["source_inner"][i].astype(np.float64) - [ox, oy]
+        ims, shift = self.crops(i, rng)
+        lips = self.arrays["lips"][i].astype(np.float64) - shift
+        src_inner = self.arrays["source_inner"][i].astype(np.float64) - shift
         if self.augment and rng.random() < 0.5:
             ims = [im[:, ::-1] for im in ims]
             lips[:, 0] = s - lips[:, 0]
             src_inner[:, 0] = s - src_inner[:, 0]
-        if self.augment:  # brightness, contrast, saturation, shared by the three crops
-            gain, bias, sat = rng.uniform(0.8, 1.2), rng.uniform(-15, 15), rng.uniform(0.7, 1.3)
-            out = []
-            for im in ims:
-                grey = im.mean(axis=2, keepdims=True)
-                im = (grey + sat * (im - grey) - 128.0) * gain + 128.0 + bias
-                out.append(np.clip(im, 0, 255))
-            ims = out
+        ims = self.jitter(ims, rng)
         full = np.zeros((478, 2))
         full[_LIPS] = lips
         raster = lip_image(full, src_inner, s)
-        mask = inner_mask(lips[:20], self.mouth_width, s, s)
-        t = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1) / 127.5 - 1.0 for im in ims]
+        mask = inner_mask(lips[:20], self.width, s, s)
+        t = self.tensors(ims)
         return {"warped": t[0], "source": t[1], "target": t[2],
                 "lips": torch.from_numpy(raster).permute(2, 0, 1), "mask": torch.from_numpy(mask)[None]}
 
