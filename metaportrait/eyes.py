@@ -24,7 +24,7 @@ import torch
 
 from metaportrait.face.regions import LEFT_EYE, RIGHT_EYE
 from metaportrait.models.eye_interior import EyeInteriorNetwork
-from metaportrait.mouth import apply_affine, crop_mouth, fill_polygon, index_affine
+from metaportrait.mouth import apply_affine, corner_frame, crop_mouth, fill_polygon, index_affine
 
 EYES: tuple[tuple[tuple[int, int], tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = (
     ((33, 133), LEFT_EYE, (246, 161, 160, 159, 158, 157, 173), (7, 163, 144, 145, 153, 154, 155)),
@@ -73,18 +73,7 @@ def eye_frame(landmarks: np.ndarray, eye: int, crop_size: int, eye_width: float)
     frame; the right eye's is mirrored (outer corner on the crop's left for both)."""
     lm = np.asarray(landmarks, np.float64)[:, :2]
     (ia, ib), _, _, _ = EYES[eye]
-    left, right = lm[ia], lm[ib]
-    d = right - left
-    dist = float(np.hypot(*d))
-    if not np.isfinite(dist) or dist < 1e-3:
-        raise ValueError(f"eye corners coincide or are not finite: {left} {right}")
-    s = eye_width / dist
-    c, si = d / dist
-    rot = s * np.array([[c, si], [-si, c]])
-    if eye == 1:
-        rot[0] = -rot[0]  # mirror: x -> -x in the crop
-    t = np.array([crop_size / 2.0, crop_size / 2.0]) - rot @ ((left + right) / 2)
-    return np.concatenate([rot, t[:, None]], axis=1)
+    return corner_frame(lm[ia], lm[ib], crop_size, eye_width, "eye corners", mirror=eye == 1)
 
 
 def contour_image(driving: np.ndarray, source: np.ndarray, crop_size: int) -> np.ndarray:

@@ -51,20 +51,29 @@ def fill_strength(driving: np.ndarray, source: np.ndarray, threshold: float = OP
     return float(np.clip((mouth_opening(driving) - start) / RAMP, 0.0, 1.0))
 
 
-def mouth_frame(landmarks: np.ndarray, crop_size: int, mouth_width: float) -> np.ndarray:
-    """``2×3`` float64 affine (continuous image pixels -> continuous crop pixels) of the mouth frame."""
-    lm = np.asarray(landmarks, np.float64)[:, :2]
-    left, right = lm[MOUTH_LEFT_CORNER], lm[MOUTH_RIGHT_CORNER]
+def corner_frame(left: np.ndarray, right: np.ndarray, crop_size: int, width: float, what: str = "corners",
+                 mirror: bool = False) -> np.ndarray:
+    """``2×3`` float64 similarity (continuous image pixels -> continuous crop pixels) that puts the
+    points ``left`` and ``right`` on a horizontal line ``width`` pixels long through the centre of a
+    ``crop_size²`` crop (``mirror``: x flipped in the crop). ``what`` names the points in errors."""
+    left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
     d = right - left
     dist = float(np.hypot(*d))
     if not np.isfinite(dist) or dist < 1e-3:
-        raise ValueError(f"mouth corners coincide or are not finite: {left} {right}")
-    s = mouth_width / dist
+        raise ValueError(f"{what} coincide or are not finite: {left} {right}")
+    s = width / dist
     c, si = d / dist
     rot = s * np.array([[c, si], [-si, c]])  # rotates the corner line onto +x, scales
-    centre = (left + right) / 2
-    t = np.array([crop_size / 2.0, crop_size / 2.0]) - rot @ centre
+    if mirror:
+        rot[0] = -rot[0]  # x -> -x in the crop
+    t = np.array([crop_size / 2.0, crop_size / 2.0]) - rot @ ((left + right) / 2)
     return np.concatenate([rot, t[:, None]], axis=1)
+
+
+def mouth_frame(landmarks: np.ndarray, crop_size: int, mouth_width: float) -> np.ndarray:
+    """``2×3`` float64 affine (continuous image pixels -> continuous crop pixels) of the mouth frame."""
+    lm = np.asarray(landmarks, np.float64)[:, :2]
+    return corner_frame(lm[MOUTH_LEFT_CORNER], lm[MOUTH_RIGHT_CORNER], crop_size, mouth_width, "mouth corners")
 
 
 def apply_affine(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
