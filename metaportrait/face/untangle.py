@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from metaportrait.face.mesh_warp import signed_areas
 from metaportrait.face.regions import FACE_OVAL, LEFT_EYE, MOUTH_OUTER, RIGHT_EYE
 
 _OVAL = np.asarray(FACE_OVAL, dtype=np.int64)
@@ -32,11 +33,6 @@ FEATURE_MARGIN_EYE = 1.6
 FEATURE_MARGIN_MOUTH = 1.35
 """Landmarks inside the outer lip contour grown by this factor are never moved (the lips and the skin
 that moves with them)."""
-
-
-def _signed_areas(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    a, b, c = points[triangles[:, 0]], points[triangles[:, 1]], points[triangles[:, 2]]
-    return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
 
 
 def outer_band(landmarks: np.ndarray) -> np.ndarray:
@@ -100,10 +96,10 @@ def untangle_outer_face(
     tris = tris[touches]
     if len(tris) == 0:
         return d0
-    a_s = _signed_areas(s, tris)
+    a_s = signed_areas(s, tris)
     live = np.abs(a_s) > 1e-9
     tris, a_s = tris[live], a_s[live]
-    if not (np.sign(_signed_areas(d0, tris)) != np.sign(a_s)).any():
+    if not (np.sign(signed_areas(d0, tris)) != np.sign(a_s)).any():
         return d0
     # mesh neighbours (edges of the band's triangles), both directions
     e = np.sort(np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]]), 1)
@@ -113,7 +109,7 @@ def untangle_outer_face(
     deg = np.maximum(np.bincount(i, minlength=n), 1).astype(np.float64)[:, None]
     disp = d0 - s
     for _ in range(rounds):
-        folded = np.sign(_signed_areas(s + disp, tris)) != np.sign(a_s)
+        folded = np.sign(signed_areas(s + disp, tris)) != np.sign(a_s)
         if not folded.any():
             break
         verts = np.zeros(n, bool)
