@@ -428,7 +428,8 @@ def test_train_sr_detail_terms_adversarial_identity_temporal_and_exact_resume(tm
                            batch_size=1, num_steps=3, checkpoint_every=2, log_every=1, perceptual_network="none",
                            perceptual_weight=0.0, adversarial_weight=0.1, feature_matching_weight=1.0,
                            identity_weight=0.1, temporal_weight=1.0, adversarial_from=1, freeze_decoder=True)
-    item = SRClipDataset(data, 3, 32, 64, config.degradation)[(0, 0, 0)]
+    assert "points" not in SRClipDataset(data, 3, 32, 64, config.degradation)[(0, 0, 0)]  # only for the identity loss
+    item = SRClipDataset(data, 3, 32, 64, config.degradation, points=True)[(0, 0, 0)]
     # the five points follow the target's flip: the eye on the image's left stays left of the other
     assert item["points"].shape == (3, 5, 2) and bool((item["points"][:, 0, 0] < item["points"][:, 1, 0]).all())
     first = train_sr(config)

@@ -158,8 +158,9 @@ class SRClipDataset(Dataset):
 
     Items are requested by ``(step, slot, item)`` keys (see :class:`_StepBatchSampler`); an item's
     randomness depends only on ``(seed, step, slot)``. Returns ``{"lr": T×3×in×in, "hr": T×3×out×out}``
-    float tensors in [-1, 1] and ``"points"``: ``T×5×2`` five-point landmarks of the target frames in
-    its pixels (template order: eyes, nose, mouth corners, each left then right in the image).
+    float tensors in [-1, 1]; with ``points``, also ``"points"``: ``T×5×2`` five-point landmarks of the
+    target frames in its pixels (template order: eyes, nose, mouth corners, each left then right in
+    the image; for the identity loss).
     """
 
     def __init__(
@@ -174,8 +175,10 @@ class SRClipDataset(Dataset):
         hflip: bool = True,
         seed: int = 0,
         min_source_side: float = 0,
+        points: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.points = points
         self.prepared = PreparedData(self.data_dir)
         self.clip_length, self.lr_size, self.hr_size = clip_length, lr_size, hr_size
         self.degradation, self.hr_frames_file, self.hflip, self.seed = degradation, hr_frames_file, hflip, seed
@@ -233,13 +236,17 @@ class SRClipDataset(Dataset):
         if hr.shape[1:3] != (self.hr_size, self.hr_size):
             interp = cv2.INTER_AREA if hr.shape[1] > self.hr_size else cv2.INTER_CUBIC
             hr = np.stack([cv2.resize(f, (self.hr_size, self.hr_size), interpolation=interp) for f in hr])
-        points = self._five(ci)[start : start + self.clip_length] * (self.hr_size / LANDMARK_SIZE)
+        points = self._five(ci)[start : start + self.clip_length] * (self.hr_size / LANDMARK_SIZE) if self.points else None
         if self.hflip and rng.random() < 0.5:
             hr = np.ascontiguousarray(hr[:, :, ::-1])
-            points = points[:, [1, 0, 2, 4, 3]].copy()  # the image's left eye is the flipped right one
-            points[..., 0] = self.hr_size - points[..., 0]
+            if points is not None:
+                points = points[:, [1, 0, 2, 4, 3]].copy()  # the image's left eye is the flipped right one
+                points[..., 0] = self.hr_size - points[..., 0]
         lr = degrade_clip(hr, self.degradation, self.lr_size, rng)
-        return {"lr": to_tensor(lr), "hr": to_tensor(hr), "points": torch.from_numpy(np.ascontiguousarray(points))}
+        item = {"lr": to_tensor(lr), "hr": to_tensor(hr)}
+        if points is not None:
+            item["points"] = torch.from_numpy(np.ascontiguousarray(points))
+        return item
 
 
 class _StepBatchSampler(Sampler[list[tuple[int, int, int]]]):
@@ -325,7 +332,7 @@ def train_sr(config: SRTrainConfig) -> SRTrainResult:
     dataset = SRClipDataset(
         config.data_dir, config.clip_length, config.model.in_size, config.model.out_size, config.degradation,
         hr_frames_file=config.hr_frames_file, hflip=config.hflip, seed=config.seed,
-        min_source_side=config.min_source_side,
+        min_source_side=config.min_source_side, points=config.identity_weight > 0,
     )
     accelerator.print(f"{len(dataset.clips)} training clips, {len(dataset)} windows")
     optimizer = torch.optim.Adam(params, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.weight_decay)
