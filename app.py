@@ -260,6 +260,7 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
     history: list[tuple[int, float, float]] = []
     cancel = threading.Event()
     t0 = time.perf_counter()
+    candidates = None  # the MetaPortrait family's starting generators
     if family == "fewshot":  # Zakharov et al. 2019: fine-tune G and D on up to 32 frames (T = 32)
         from metaportrait.training.fewshot_finetune import FT_SCHEDULE
         from metaportrait.training.fewshot_finetune import personalize_fewshot as run_fewshot
@@ -282,7 +283,8 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
         from metaportrait.training.personalize import personalize as run_personalize
 
         try:
-            size = load_start_candidates(WEIGHTS)[0][0].config.image_size
+            candidates = load_start_candidates(WEIGHTS)
+            size = candidates[0][0].config.image_size
             person = collect_frames(video, photos, size=size, max_frames=48, limits=LIMITS)
         except MetaPortraitError as exc:
             raise gr.Error(_friendly(exc, video or "", *photos)) from exc
@@ -293,7 +295,7 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
             return cancel.is_set()
 
         def work():  # the start (meta-learned or plain) is chosen on the person's held-back frames
-            return run_personalize(person, out_dir, weights=WEIGHTS, progress=on_progress,
+            return run_personalize(person, out_dir, weights=WEIGHTS, progress=on_progress, candidates=candidates,
                                    options=PersonalizeOptions(seconds=float(seconds), adapter=adapter_kind,
                                                               mouth=size == MOUTH_WORK_SIZE))
     res = None
@@ -309,7 +311,7 @@ def personalize(video: str | None, photos: list[str] | None = None, seconds: flo
     before = getattr(res, "before", None)
     after = getattr(res, "after", None)
     summary = _personal_summary(res)
-    del res, person, work  # a finished job keeps only its files
+    del res, person, work, candidates  # a finished job keeps only its files
     _release_memory()
     yield _loss_plot(history), before, after, summary, str(packed), str(out_dir)
 

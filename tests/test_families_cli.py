@@ -383,3 +383,18 @@ def test_cli_debug_shows_the_traceback(tmp_path):
     res = _cli("reenact", "--source", str(EXAMPLES / "astronaut.jpg"), "--driving", str(EXAMPLES / "driving_webcam.mp4"),
                "--output", str(tmp_path / "o.avi"), "--debug")
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_cli_personalize_on_the_embedded_weights(tmp_path):
+    """`metaportrait personalize` end to end on the shipped weights: the start chosen on held-back
+    frames (both starts measured), the mouth network's check, an adapter the pipeline loads."""
+    out = tmp_path / "me"
+    res = _cli("personalize", "--video", str(EXAMPLES / "driving_speech.mp4"), "--output", str(out),
+               "--steps", "1", "--max-frames", "16")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "started from the" in res.stdout and "meta-learned" in res.stdout and "plain" in res.stdout
+    assert "mouth network:" in res.stdout
+    assert (out / "adapter.safetensors").is_file()
+    from metaportrait.pipeline import MetaPortraitPipeline
+
+    MetaPortraitPipeline.from_pretrained(device="cpu", adapter=out)  # strict: the adapter fits the start it names

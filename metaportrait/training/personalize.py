@@ -234,11 +234,13 @@ def personalize_mouth(network, train: PersonFrames, val: PersonFrames | None, op
 
 def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
                 options: PersonalizeOptions = PersonalizeOptions(), progress: ProgressFn | None = None,
-                generator=None, component: str = "generator", mouth_network=None) -> PersonalizeResult:
+                generator=None, component: str = "generator", mouth_network=None,
+                candidates: list[tuple[object, str]] | None = None) -> PersonalizeResult:
     """Fine-tune on ``person`` and write an adapter (or a full pipeline folder) to ``output_dir``.
 
     ``generator`` may be given directly (e.g. the benchmark compares starting points); otherwise it
-    is loaded from ``weights`` (the ``meta`` component when the pipeline folder has one). With
+    is chosen between the ``candidates`` (default: :func:`load_start_candidates` of ``weights``) on the
+    person's held-back frames. With
     ``options.mouth``, ``mouth_network`` (default: the pipeline folder's, when there is one) is
     personalized too and written to ``output_dir/mouth_interior`` when it beat the shipped one.
     """
@@ -248,7 +250,10 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     from metaportrait.training.reptile import adapt
     from metaportrait.weights import write_model_index
 
-    candidates = [(generator, component)] if generator is not None else load_start_candidates(weights)
+    if generator is not None:
+        candidates = [(generator, component)]
+    elif candidates is None:
+        candidates = load_start_candidates(weights)
     if generator is None and options.mouth and mouth_network is None:
         mouth_network = load_mouth_network(weights)
     if not options.mouth:
@@ -417,8 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"content loss {res.losses[0]['loss_content']:.4f} -> {res.losses[-1]['loss_content']:.4f}")
         return 0
 
-    size = load_start_candidates(args.base)[0][0].config.image_size
-    person = collect_frames(args.video, args.images, size=size, max_frames=args.max_frames)
+    candidates = load_start_candidates(args.base)
+    person = collect_frames(args.video, args.images, size=candidates[0][0].config.image_size, max_frames=args.max_frames)
     opts = PersonalizeOptions(steps=args.steps, seconds=args.seconds if args.seconds is not None else (None if args.steps else 30.0),
                               adapter=args.adapter, rank=args.rank, max_frames=args.max_frames,
                               mouth=not args.no_mouth)
@@ -428,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", s=f"{elapsed:.0f}")
 
-    res = personalize(person, args.output, weights=args.base, options=opts, progress=progress)
+    res = personalize(person, args.output, weights=args.base, options=opts, progress=progress, candidates=candidates)
     bar.close()
     print(f"wrote {res.output_dir} ({res.adapter}, {res.output_bytes / 1e6:.2f} MB) after {res.steps} steps in "
           f"{res.seconds:.1f}s on {res.num_frames} frames; loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}")
