@@ -26,7 +26,7 @@ from metaportrait.io import InputLimits
 from metaportrait.live_session import MotionModel
 from metaportrait.pipeline_types import ProgressCallback, ReenactOptions, ReenactResult, SourceFace
 from metaportrait.render import draw
-from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video
+from metaportrait.video import VideoWriter, add_visible_label, iter_frames, probe_video, write_frames
 
 
 class DubbingModel(MotionModel, Protocol):
@@ -109,17 +109,10 @@ def reenact_video_source(pipe: DubbingModel, source: Path, driving, output: Path
     stats: dict[str, float] = {}
     if progress:
         progress(0, n, "frames")
-    written = 0
     with VideoWriter(output, fps=src_info.fps, audio_from=audio if has_audio else None,
                      metadata={"title": "metaportrait reenactment (video source)", "source_mode": "video"}) as writer:
         frames = pipe.animate_video_source(iter_frames(source, max_frames=n, limits=limits),
                                            iter_frames(driving, limits=limits), options, stats, fps=src_info.fps)
-        for frame in frames:
-            t1 = time.perf_counter()
-            writer.write(frame)
-            stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
-            written += 1
-            if progress:
-                progress(written, n, "frames")
+        written = write_frames(writer, frames, stats, progress, n)
     return ReenactResult(output_path=output, num_frames=written, fps=src_info.fps, has_audio=has_audio,
                          frames_without_face=0, timings=stats)

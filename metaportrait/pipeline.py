@@ -62,7 +62,7 @@ from metaportrait.eyes import EyeFiller
 from metaportrait.mouth import MouthFiller
 from metaportrait.render import output_size
 from metaportrait.tensors import to_tensor, to_uint8
-from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames
+from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, write_frames
 from metaportrait.video_reader import probe_driving
 from metaportrait.weights import component_folder, read_model_index, resolve_pipeline_folder
 
@@ -474,16 +474,10 @@ class MetaPortraitPipeline:
         if progress:
             progress(0, max_frames, "frames")
         frames = iter_frames(driving, max_frames=max_frames, limits=limits)
-        written = 0
         with VideoWriter(output, fps=info.fps, audio_from=driving if info.has_audio else None,
                          metadata={"title": "metaportrait reenactment", "source_mode": options.mode}) as writer:
-            for frame in self.animate(src, frames, options, stats, fps=info.fps):
-                t1 = time.perf_counter()
-                writer.write(frame)
-                stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
-                written += 1
-                if progress:
-                    progress(written, max_frames, "frames")
+            written = write_frames(writer, self.animate(src, frames, options, stats, fps=info.fps), stats, progress,
+                                   max_frames)
             t1 = time.perf_counter()
         stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t1
         missed = int(stats.pop("frames_without_face", 0))

@@ -43,7 +43,7 @@ from metaportrait.face.motion import STABLE_POINTS, close_mouth, irises_inside_e
 from metaportrait.models.audio_to_motion import AudioToMotion
 from metaportrait.pipeline import MetaPortraitPipeline, ReenactOptions, ReenactResult, SourceFace, draw
 from metaportrait.render import output_size
-from metaportrait.video import VideoWriter, add_visible_label, check_output_path
+from metaportrait.video import VideoWriter, add_visible_label, check_output_path, write_frames
 from metaportrait.visemes import viseme_track
 from metaportrait.weights import find_component
 
@@ -291,11 +291,10 @@ def speak(
     n = max(1, int(round(info.duration * options.fps)))
     controls = options.controls
     size = output_size(src.crop, controls.size, pipe.size)
-    written = 0
     if progress:
         progress(0, n, "frames")
-    with VideoWriter(output, fps=options.fps, audio_from=audio,
-                     metadata={"title": "metaportrait talking head (audio-driven)", "source_mode": "audio"}) as writer:
+
+    def frames() -> Iterator[np.ndarray]:
         for block in speech_landmarks(model, src, audio, info, options, stats):
             t0 = time.perf_counter()
             grids, residuals = pipe.motion(src, block, controls.full_head)
@@ -307,12 +306,11 @@ def speak(
                 if controls.visible_label:
                     frame = add_visible_label(frame)
                 stats["render"] = stats.get("render", 0.0) + time.perf_counter() - t0
-                t0 = time.perf_counter()
-                writer.write(frame)
-                stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t0
-                written += 1
-                if progress:
-                    progress(written, n, "frames")
+                yield frame
+
+    with VideoWriter(output, fps=options.fps, audio_from=audio,
+                     metadata={"title": "metaportrait talking head (audio-driven)", "source_mode": "audio"}) as writer:
+        written = write_frames(writer, frames(), stats, progress, n)
         t0 = time.perf_counter()
     stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t0
     return ReenactResult(output_path=output, num_frames=written, fps=options.fps, has_audio=True,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 import uuid
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +55,7 @@ __all__ = [
     "probe_video",
     "read_frames",
     "read_metadata",
+    "write_frames",
 ]
 
 #: The provenance tag every written video carries in its ``comment`` metadata.
@@ -463,6 +465,21 @@ class VideoWriter:
             self._container = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
+
+
+def write_frames(writer: VideoWriter, frames, stats: dict[str, float], progress=None, total: int = 0) -> int:
+    """Encode every frame ``frames`` yields with ``writer``: the encoding time (not what the iterator
+    spends making a frame) is added to ``stats["encoding"]``, and ``progress(done, total, "frames")``
+    is called after each frame. Returns the number of frames written."""
+    written = 0
+    for frame in frames:
+        t0 = time.perf_counter()
+        writer.write(frame)
+        stats["encoding"] = stats.get("encoding", 0.0) + time.perf_counter() - t0
+        written += 1
+        if progress:
+            progress(written, total, "frames")
+    return written
 
 
 def add_visible_label(frame: np.ndarray, text: str = "AI-generated") -> np.ndarray:
