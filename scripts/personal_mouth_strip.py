@@ -23,20 +23,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 from metaportrait.evaluation.reenactment import head_mesh_warp, mouth_opening  # noqa: E402
+from mouth_strip import zoom  # noqa: E402
 from metaportrait.pipeline import MetaPortraitPipeline  # noqa: E402
 from metaportrait.training.personalize import PersonalizeOptions, mouth_summary, personalize  # noqa: E402
 
 
-def zoom(img: np.ndarray, lm: np.ndarray, out: int = 192) -> np.ndarray:
-    c = lm[[61, 291, 13, 14]].mean(0)
-    half = int(0.9 * np.linalg.norm(lm[61] - lm[291]))
-    h, w = img.shape[:2]
-    x0 = int(np.clip(c[0] - half, 0, w - 2 * half))
-    y0 = int(np.clip(c[1] - 0.75 * half, 0, h - int(1.5 * half)))
-    part = img[y0:y0 + int(1.5 * half), x0:x0 + 2 * half]
-    return cv2.resize(part, (out, int(out * 0.75)), interpolation=cv2.INTER_CUBIC)
+def mouth_zoom(img: np.ndarray, lm: np.ndarray, out: int = 192) -> np.ndarray:
+    """The mouth of ``img`` (landmarks ``lm``), 1.8 mouth widths across, at ``out`` px wide."""
+    return zoom(img, lm[[61, 291, 13, 14]].mean(0), int(0.9 * np.linalg.norm(lm[61] - lm[291])), out)
 
 
 def label(img: np.ndarray, text: str) -> np.ndarray:
@@ -75,7 +72,7 @@ def main() -> int:
             cols = [test.frames[j], warp[k], ours[k], mine[k]]
             names = ["truth", "head mesh warp", "+ shipped mouth", "+ personalized"]
             big = [label(np.ascontiguousarray(c), n) for c, n in zip(cols, names)]
-            zooms = [zoom(np.ascontiguousarray(c), targets[k]) for c in cols]
+            zooms = [mouth_zoom(np.ascontiguousarray(c), targets[k]) for c in cols]
             zrow = np.concatenate(zooms, 1)
             zrow = cv2.resize(zrow, (1024, int(1024 * zrow.shape[0] / zrow.shape[1])))
             rows.append(np.concatenate([np.concatenate(big, 1), zrow], 0))
