@@ -19,6 +19,8 @@ the band and replaces the crossing by a compressed, smooth cheek.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from metaportrait.face.mesh_warp import signed_areas
@@ -71,6 +73,20 @@ def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return ((crosses & (x < xint)).sum(1) % 2) == 1
 
 
+@functools.lru_cache(maxsize=8)
+def _band_mesh(src_bytes: bytes, tris_bytes: bytes, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(band mask, the landmark-only triangles touching the band with a non-degenerate source,
+    their source signed areas) of one source: the same for every frame of a video, so computed once."""
+    s = np.frombuffer(src_bytes, np.float64).reshape(n, 2)
+    tris = np.frombuffer(tris_bytes, np.int64).reshape(-1, 3)
+    tris = tris[(tris < n).all(1)]
+    free = outer_band(s)
+    tris = tris[free[tris].any(1)]
+    a_s = signed_areas(s, tris)
+    live = np.abs(a_s) > 1e-9
+    return free, tris[live], a_s[live]
+
+
 def untangle_outer_face(
     src: np.ndarray,
     drv: np.ndarray,
@@ -86,19 +102,13 @@ def untangle_outer_face(
     orientation is opposite to its source's. Returns float64 ``N×2`` (``drv`` itself when nothing
     in the band is folded).
     """
-    s = np.asarray(src, np.float64)[:, :2]
+    s = np.ascontiguousarray(np.asarray(src, np.float64)[:, :2])
     d0 = np.asarray(drv, np.float64)[:, :2]
     n = len(s)
-    tris = np.asarray(triangles, np.int64)
-    tris = tris[(tris < n).all(1)]
-    free = outer_band(s)
-    touches = free[tris].any(1)
-    tris = tris[touches]
+    tris = np.ascontiguousarray(np.asarray(triangles, np.int64))
+    free, tris, a_s = _band_mesh(s.tobytes(), tris.tobytes(), n)
     if len(tris) == 0:
         return d0
-    a_s = signed_areas(s, tris)
-    live = np.abs(a_s) > 1e-9
-    tris, a_s = tris[live], a_s[live]
     if not (np.sign(signed_areas(d0, tris)) != np.sign(a_s)).any():
         return d0
     # mesh neighbours (edges of the band's triangles), both directions
