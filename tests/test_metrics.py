@@ -37,3 +37,23 @@ def test_sequence_metrics_are_means_of_the_frame_metrics(pair):
     assert psnr_frames(a, a) == PSNR_CAP_DB
     # float frames in [0, 1] are the same frames on the 0..255 scale
     assert psnr_frames(b / 255.0, a / 255.0) == pytest.approx(psnr_frames(b, a), abs=1e-9)
+
+
+def test_stretch_scores_cover_only_the_mask(astronaut):
+    """Stretch-region PSNR and detail look only at the masked pixels; too small a mask gives nothing."""
+    import cv2
+
+    truth = np.ascontiguousarray(astronaut[100:228, 180:308])
+    mask = np.zeros(truth.shape[:2], bool)
+    mask[40:80, 40:80] = True
+    changed = truth.copy()
+    changed[~mask] = 0  # outside the mask: ignored
+    assert reenactment.stretch_scores(changed, truth, mask)["stretch_psnr"] == float("inf")
+    assert reenactment.stretch_scores(truth, truth, mask)["stretch_detail"] == 1.0
+    blurred = truth.copy()
+    blurred[mask] = cv2.GaussianBlur(truth, (0, 0), 2.0)[mask]
+    worse = reenactment.stretch_scores(blurred, truth, mask)
+    assert worse["stretch_psnr"] < 40 and worse["stretch_detail"] < 0.8
+    tiny = np.zeros_like(mask)
+    tiny[:4, :4] = True
+    assert reenactment.stretch_scores(blurred, truth, tiny) == {}

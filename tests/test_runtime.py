@@ -36,7 +36,7 @@ def _inputs(gen: MetaPortraitGenerator, batch: int):
 
 
 @needs_ort
-@pytest.mark.parametrize("preset", ["tiny", "tiny-blend", "tiny-direct"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-blend", "tiny-direct", "tiny-gated"])
 def test_onnx_matches_eager(preset):
     gen = _drawing_generator(preset)
     eager = GeneratorRuntime(gen, "eager")

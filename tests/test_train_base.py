@@ -133,6 +133,40 @@ def test_blend_recipe_ships_a_zero_residual_head(option, prepared_data, tmp_path
                               **{option: ["refinement.hed"]}))
 
 
+def test_gated_recipe_trains_on_the_head_prior(prepared_data, tmp_path):
+    """The gated recipe (configs/base_demo_gated.json, tiny): training pairs carry the render path's
+    full-head mesh warp, the gate is logged, the sparsity term is in the loss, and the gate heads
+    train while the warping network stays at its prior."""
+    from metaportrait.models.generator import MetaPortraitGenerator, generator_config
+    from metaportrait.training.datasets import PairDataset
+
+    face = PairDataset(prepared_data, "train", 256, augment=False, seed=0)[3]
+    head = PairDataset(prepared_data, "train", 256, augment=False, seed=0, head_prior=True)[3]
+    assert torch.equal(face.driving, head.driving)
+    # the face mesh leaves hair and neck still; the head mesh moves them with the face
+    assert float((head.prior_grid - face.prior_grid).abs().max()) > 1e-3
+    cfg = generator_config("tiny-gated")
+    cfg = cfg.replace(warping=cfg.warping.replace(image_size=256), refinement=cfg.refinement.replace(image_size=256))
+    preset = tmp_path / "tiny_gated256.json"
+    preset.write_text(json.dumps(cfg.to_dict()))
+    config = BaseTrainConfig(
+        data_dir=str(prepared_data), output_dir=str(tmp_path / "run"), preset=str(preset), warp_steps=0, full_steps=3,
+        batch_size=2, learning_rate=1e-2, mixed_precision="no", checkpoint_every=3, log_every=1, image_every=0,
+        lr_warmup_steps=0, adversarial=False, perceptual_network="sface", perceptual_pyramid=(0.25,), pixel_l1=1.0,
+        pixel_ssim=1.0, weights={"identity": 0.0}, joint_warp_lr_scale=0.0, ema_decay=0.0, frozen_modules=["warping"],
+        prior_mesh="head", gate_sparsity=0.2,
+    )
+    final = train(config)
+    model = MetaPortraitGenerator.from_pretrained(final / "base")
+    assert model.config.refinement.residual_gate
+    assert float(model.refinement.gate_head.weight.abs().max()) > 0
+    assert float(model.warping.flow_head.weight.abs().max()) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
+    assert all(0 < rec["gate_mean"] < 1 for rec in logged)
+    with pytest.raises(ValueError, match="prior_mesh"):
+        BaseTrainConfig(data_dir="x", output_dir="y", prior_mesh="hair")
+
+
 def test_invalid_config_values():
     with pytest.raises(ValueError, match="mixed_precision"):
         BaseTrainConfig(data_dir="x", output_dir="y", mixed_precision="fp8")

@@ -6,7 +6,10 @@ Two protocols on a prepared data folder (docs/DATA_FORMAT.md):
   its most closed mouth, the case the mouth-interior network is for), driving = its later frames,
   ground truth = the driving frames (same crop box for the whole clip, as the paper crops);
   besides the whole crop, PSNR / SSIM / detail ratio in the mouth box (:func:`mouth_box`) of the
-  frames whose mouth is open;
+  frames whose mouth is open, and PSNR / detail ratio in the *stretch region* (:func:`stretch_mask`:
+  where the full-head mesh warp magnifies the source — the opening mouth, opening eyes, the side a
+  turning head uncovers; the same pixels for every method), where geometry fails and the gated
+  refinement residual may draw;
   metrics PSNR, SSIM, L1 (full 256² crop), CSIM (SFace cosine of output vs source), landmark
   errors of the output against the driving landmarks (MediaPipe on the output, normalised by the
   driving inter-ocular distance) split into *expression* (residual after the best similarity
@@ -58,6 +61,8 @@ class MethodScores:
     mouth_psnr: float = float("nan")
     mouth_ssim: float = float("nan")
     mouth_detail: float = float("nan")
+    stretch_psnr: float = float("nan")
+    stretch_detail: float = float("nan")
     eye_r: float = float("nan")
     mouth_r: float = float("nan")
     face_missed: float = float("nan")
@@ -83,16 +88,17 @@ class EvaluationReport:
 
     def to_markdown(self) -> str:
         head = ("| protocol | method | PSNR ↑ | SSIM ↑ | L1 ↓ | detail → 1 | mouth PSNR ↑ | mouth SSIM ↑ "
-                "| mouth detail → 1 | CSIM ↑ | LMK err ↓ | expr err ↓ "
+                "| mouth detail → 1 | stretch PSNR ↑ | stretch detail → 1 | CSIM ↑ | LMK err ↓ | expr err ↓ "
                 "| pose err ↓ | eye r ↑ | mouth r ↑ | E_warp ↓ | no face ↓ | ms/frame | frames |")
-        lines = [head, "|" + "---|" * 19]
+        lines = [head, "|" + "---|" * 21]
         for s in self.scores:
             def f(v, p=4):
                 return "–" if isinstance(v, float) and math.isnan(v) else f"{v:.{p}f}"
 
             lines.append(
                 f"| {s.protocol} | {s.method} | {f(s.psnr, 2)} | {f(s.ssim)} | {f(s.l1)} | {f(s.detail, 3)} "
-                f"| {f(s.mouth_psnr, 2)} | {f(s.mouth_ssim)} | {f(s.mouth_detail, 3)} | {f(s.csim)} "
+                f"| {f(s.mouth_psnr, 2)} | {f(s.mouth_ssim)} | {f(s.mouth_detail, 3)} "
+                f"| {f(s.stretch_psnr, 2)} | {f(s.stretch_detail, 3)} | {f(s.csim)} "
                 f"| {f(s.landmark_error)} | {f(s.expression_error)} | {f(s.pose_error)} | {f(s.eye_r, 3)} "
                 f"| {f(s.mouth_r, 3)} | {f(s.e_warp)} "
                 f"| {f(s.face_missed, 3)} | {f(s.ms_per_frame, 1)} | {s.frames} |"
@@ -101,6 +107,9 @@ class EvaluationReport:
         lines.append("detail: mean Sobel gradient magnitude in the face box, output / truth (cross-identity: / source);")
         lines.append("mouth PSNR / SSIM / detail: in the true frame's inner-lip box enlarged by a quarter of the mouth")
         lines.append(f"width on every side, over the frames whose true mouth is open (inner-lip gap > {MOUTH_OPEN} × width);")
+        lines.append("stretch PSNR / detail: over the pixels where the full-head mesh warp magnifies the source")
+        lines.append(f"(area ratio < {STRETCH_AT}, specks dropped, the refinement gate's default region), frames with ≥ "
+                     f"{STRETCH_MIN_PIXELS} such pixels;")
         lines.append("eye r / mouth r: Pearson correlation of the eye / mouth opening detected on the output with the")
         lines.append("target's, per clip, averaged over clips whose target opening varies (eye: a blink).")
         lines.append("FID and LPIPS: not computed (their Inception/AlexNet weights do not ship offline).")
@@ -175,6 +184,42 @@ def mouth_scores(output: np.ndarray, truth: np.ndarray, landmarks: np.ndarray) -
     ref = sobel_detail(t, full)
     return {"mouth_psnr": psnr(o, t), "mouth_ssim": ssim(o, t),
             "mouth_detail": sobel_detail(o, full) / ref if ref > 0 else float("nan")}
+
+
+STRETCH_AT = 0.75
+"""Area ratio (source / output) below which the head mesh warp counts as magnifying (the upper end of
+the refinement gate's default ramp)."""
+STRETCH_MIN_PIXELS = 64
+
+
+def stretch_mask(grid: np.ndarray) -> np.ndarray:
+    """``S×S`` bool: where the sampling ``grid`` magnifies the source — the support of the refinement
+    network's gate region (:func:`~metaportrait.models.refinement_network.stretch_regions`, default
+    ramp and dilation)."""
+    import torch
+
+    from metaportrait.models.refinement_network import RefinementConfig, stretch_regions
+
+    cfg = RefinementConfig()
+    region = stretch_regions(torch.from_numpy(np.ascontiguousarray(grid, np.float32))[None], *cfg.gate_stretch,
+                             round(cfg.gate_dilate * grid.shape[0] / 256))
+    return region[0, 0].numpy() > 0
+
+
+def stretch_scores(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """PSNR and detail ratio (output / truth mean Sobel magnitude) over the pixels of ``mask``."""
+    import cv2
+
+    if int(mask.sum()) < STRETCH_MIN_PIXELS:
+        return {}
+
+    def sobel(img):
+        grey = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))[mask]
+
+    ref = float(sobel(truth).mean())
+    return {"stretch_psnr": psnr(output[mask], truth[mask]),
+            "stretch_detail": float(sobel(output).mean()) / ref if ref > 0 else float("nan")}
 
 
 def eye_opening(landmarks: np.ndarray) -> float:
@@ -366,9 +411,10 @@ def evaluate(pipe, data_dir: str | Path, settings: EvalSettings = EvalSettings()
             sources.append((clip, source, frames, lms, drive))
             targets = [np.asarray(lms[i], np.float32) for i in drive]
             gts = np.stack([frames[i] for i in drive])
+            stretch = [stretch_mask(pipe.prior_grid(source, t)) for t in targets]
             for m in settings.methods:
                 outs = _run(pipe, METHODS[m], source, targets, settings.batch_size, accs[m])
-                _score(pipe, analyzer, accs[m], source, outs, targets, gts)
+                _score(pipe, analyzer, accs[m], source, outs, targets, gts, stretch)
                 accs[m].add(e_warp=e_warp(list(outs)))
             log(f"evaluated {clip.id}: {len(drive)} frames")
         if settings.cross_identity and len(sources) >= 2:
@@ -398,7 +444,8 @@ def _run(pipe, method, source, targets, batch_size, acc) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def _score(pipe, analyzer, acc, source, outs: np.ndarray, targets: Sequence[np.ndarray], gts: np.ndarray | None) -> None:
+def _score(pipe, analyzer, acc, source, outs: np.ndarray, targets: Sequence[np.ndarray], gts: np.ndarray | None,
+           stretch: Sequence[np.ndarray] | None = None) -> None:
     out_lms: list[np.ndarray | None] = []
     for img, tgt in zip(outs, targets):
         dets = analyzer.detect(np.ascontiguousarray(img))
@@ -416,9 +463,11 @@ def _score(pipe, analyzer, acc, source, outs: np.ndarray, targets: Sequence[np.n
                                     [mouth_opening(lm) if lm is not None else nan for lm in out_lms], 0.5),
     )
     if gts is not None:
-        for img, gt, tgt in zip(outs, gts, targets):
+        for k, (img, gt, tgt) in enumerate(zip(outs, gts, targets)):
             acc.add(psnr=psnr(img, gt), ssim=ssim(img, gt), detail=detail_ratio(img, gt, tgt),
                     l1=float(np.abs(img.astype(np.float32) - gt.astype(np.float32)).mean() / 255.0))
+            if stretch is not None and stretch[k].shape == img.shape[:2]:
+                acc.add(**stretch_scores(img, gt, stretch[k]))
             if mouth_opening(tgt) > MOUTH_OPEN:
                 acc.add(**mouth_scores(img, gt, tgt))
     else:

@@ -14,7 +14,10 @@ Presets (:data:`PRESETS`, :func:`generator_config`):
   and blurred copies of itself plus the bounded residual (``output_mode="blend"``); the embedded
   weights have that residual head at zero (trained alongside, written as zero by the recipe's
   ``zero_at_export=["refinement.head"]``) and personalization trains it.
-* ``"tiny"`` / ``"tiny-direct"`` / ``"tiny-blend"`` — 64², a few channels, for tests (with / without
+* ``"demo-gated"`` — ``"demo"`` whose residual is gated to where the warp magnifies the source
+  (refinement ``residual_gate=True``: the mouth opening, opening eyes, uncovered background and
+  neck; exactly zero elsewhere).
+* ``"tiny"`` / ``"tiny-direct"`` / ``"tiny-blend"`` / ``"tiny-gated"`` — 64², a few channels, for tests (with / without
   the prior; blend output).
 
 Images are ``B×3×H×W`` in [-1, 1]; grids ``B×H×W×2`` (grid_sample, align_corners=False).
@@ -92,6 +95,7 @@ class GeneratorOutput:
         masks: fusion masks of the refinement network (empty for stage == "warp").
         residual: ``B×3×H×W`` what the refinement network draws beyond the warped source (zero for
             stage == "warp"; see :class:`~metaportrait.models.refinement_network.RefinementOutput`).
+        gate: ``B×1×H×W`` the residual's gate (refinement ``residual_gate=True`` and stage "full"; else None).
     """
 
     image: torch.Tensor
@@ -102,6 +106,7 @@ class GeneratorOutput:
     motion_code: torch.Tensor
     masks: list[torch.Tensor] = dataclasses.field(default_factory=list)
     residual: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
 
 
 class MetaPortraitGenerator(HubModel, tags=["generator"]):
@@ -156,13 +161,13 @@ class MetaPortraitGenerator(HubModel, tags=["generator"]):
             raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
         warp = self.warping(source, source_landmarks, driving_landmarks, prior_grid)
         if stage == "warp":
-            image, masks = warp.warped, []
+            image, masks, gate = warp.warped, [], None
             residual = torch.zeros_like(warp.warped, dtype=torch.float32)
         elif stage == "full":
             if identity is None:
                 raise ValueError("MetaPortraitGenerator: identity is required when stage == 'full'")
             ref = self.refinement(source, warp, identity, driving_landmarks)
-            image, masks, residual = ref.image, ref.masks, ref.residual
+            image, masks, residual, gate = ref.image, ref.masks, ref.residual, ref.gate
         else:
             raise ValueError(f"stage must be one of {_STAGES}, got {stage!r}")
         return GeneratorOutput(
@@ -174,6 +179,7 @@ class MetaPortraitGenerator(HubModel, tags=["generator"]):
             motion_code=warp.motion_code,
             masks=masks,
             residual=residual,
+            gate=gate,
         )
 
 
@@ -296,6 +302,8 @@ def _with_blend(cfg: GeneratorConfig, **changes) -> GeneratorConfig:
 
 PRESETS["demo-blend"] = _with_blend(PRESETS["demo"])
 PRESETS["tiny-blend"] = _with_blend(PRESETS["tiny"], blend_residual=False)
+PRESETS["demo-gated"] = PRESETS["demo"].replace(refinement=PRESETS["demo"].refinement.replace(residual_gate=True))
+PRESETS["tiny-gated"] = PRESETS["tiny"].replace(refinement=PRESETS["tiny"].refinement.replace(residual_gate=True))
 
 
 def generator_config(name: str) -> GeneratorConfig:

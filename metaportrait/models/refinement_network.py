@@ -21,6 +21,16 @@
   generalises from a few training people where a free residual over-fits them (measured:
   ``weights/README.md``).
 
+**Refinement only where geometry fails** (``residual_gate=True``): the residual is multiplied by
+``R ⊙ σ(Conv(h))``. ``R`` (:func:`stretch_regions`) is computed from the warp grid alone: the pixels
+where the warp *magnifies* the source (the area ratio ``det ∂grid/∂x`` below ``gate_stretch[1]``,
+fully from ``gate_stretch[0]``; folds included), dilated by ``gate_dilate`` pixels — an opening mouth
+(the closed lips' sliver stretched over the cavity), an opening eye, the background and neck
+uncovered beside a turning head. Outside ``R`` the residual is exactly zero, so the network cannot
+blur or over-fit skin and hair that the warp carries; inside, the learned gate ``σ(Conv(h))``
+(``RefinementOutput.gate``) is pushed towards zero by a sparsity term of the training objective
+(``ObjectiveConfig.gate_sparsity``), so it draws only where drawing lowers the loss.
+
 ``z_id`` is L2-normalised inside (face-recognition embeddings are compared by cosine; SFace 128-d,
 ArcFace 512-d). Images are ``B×3×H×W`` in [-1, 1].
 """
@@ -78,6 +88,9 @@ class RefinementConfig(ModelConfig):
     output_mode: OutputMode = "direct"
     blur_sigmas: tuple[float, ...] = (1.0, 2.0)
     blend_residual: bool = True
+    residual_gate: bool = False
+    gate_stretch: tuple[float, float] = (0.4, 0.75)
+    gate_dilate: int = 4
 
     def validate(self) -> None:
         self.check_positive_ints("image_size", "identity_dim", "landmark_channels", "base_channels", "max_channels",
@@ -91,6 +104,17 @@ class RefinementConfig(ModelConfig):
             raise ValueError(f"RefinementConfig.blur_sigmas must be a non-empty tuple of σ in (0, 8], got {self.blur_sigmas!r}")
         if not isinstance(self.blend_residual, bool):
             raise ValueError(f"RefinementConfig.blend_residual must be a bool, got {self.blend_residual!r}")
+        if not isinstance(self.residual_gate, bool):
+            raise ValueError(f"RefinementConfig.residual_gate must be a bool, got {self.residual_gate!r}")
+        lo_hi = tuple(self.gate_stretch) if isinstance(self.gate_stretch, (tuple, list)) else ()
+        if len(lo_hi) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lo_hi) \
+                or not 0 <= lo_hi[0] < lo_hi[1] <= 1:
+            raise ValueError(f"RefinementConfig.gate_stretch must be (lo, hi) with 0 <= lo < hi <= 1, got {self.gate_stretch!r}")
+        if not isinstance(self.gate_dilate, int) or isinstance(self.gate_dilate, bool) or not 0 <= self.gate_dilate <= 32:
+            raise ValueError(f"RefinementConfig.gate_dilate must be an int in [0, 32], got {self.gate_dilate!r}")
+        if self.residual_gate and (self.output_mode == "direct" or (self.output_mode == "blend" and not self.blend_residual)):
+            raise ValueError("RefinementConfig.residual_gate needs a residual head (output_mode 'residual', or "
+                             "'blend' with blend_residual)")
         if self.fusion_min_level > self.num_down:
             raise ValueError(
                 f"RefinementConfig.fusion_min_level ({self.fusion_min_level}) must be <= num_down ({self.num_down})"
@@ -127,12 +151,37 @@ class RefinementOutput:
             ``"residual"``/``"direct"``, the bounded residual ``2·tanh(Conv(h))`` alone for
             ``"blend"`` (its blur mixture is not content; zero without a residual head). The
             full-resolution renderer adds it, upsampled, where it has content.
+        gate: ``B×1×H×W`` ``R ⊙ σ(Conv(h))``, the gate the residual was multiplied by
+            (``residual_gate=True``; None otherwise). Zero wherever the warp does not magnify.
     """
 
     image: torch.Tensor
     masks: list[torch.Tensor]
     blend_weights: torch.Tensor | None = None
     residual: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+
+
+def stretch_regions(grid: torch.Tensor, lo: float = 0.4, hi: float = 0.75, dilate: int = 4) -> torch.Tensor:
+    """``B×1×H×W`` in [0, 1]: where the sampling ``grid`` (``B×H×W×2``, grid_sample units) magnifies
+    the source — 1 where the source area under an output pixel is ``<= lo`` of the pixel's own (folds:
+    negative), 0 from ``hi`` on, linear between — without specks under 3 pixels across (a 3×3
+    morphological opening) and grown by ``dilate`` pixels (max filter).
+
+    The area ratio is the Jacobian determinant of the grid by finite differences (1 for the identity
+    grid at any size; border rows repeat their neighbour's)."""
+    if grid.ndim != 4 or grid.shape[-1] != 2:
+        raise ValueError(f"stretch_regions: expected a B×H×W×2 grid, got shape {tuple(grid.shape)}")
+    g = grid.float()
+    h, w = g.shape[1:3]
+    gx = torch.cat([g[:, :, 1:] - g[:, :, :-1], g[:, :, -1:] - g[:, :, -2:-1]], dim=2) * (w / 2.0)
+    gy = torch.cat([g[:, 1:] - g[:, :-1], g[:, -1:] - g[:, -2:-1]], dim=1) * (h / 2.0)
+    det = gx[..., 0] * gy[..., 1] - gy[..., 0] * gx[..., 1]  # B×H×W
+    region = torch.clamp((hi - det) / (hi - lo), 0.0, 1.0).unsqueeze(1)
+    # opening (3×3 min then max filter) drops specks under 3 px — the warp's tiny slivers along the
+    # face outline, where nothing is uncovered — then the dilation grows what is left
+    region = -F.max_pool2d(-region, 3, stride=1, padding=1)
+    return F.max_pool2d(region, 2 * dilate + 3, stride=1, padding=dilate + 1)
 
 
 class RefinementNetwork(HubModel, tags=["refinement-network"]):
@@ -168,6 +217,10 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
             if cfg.output_mode != "blend" or cfg.blend_residual
             else None
         )
+        if cfg.residual_gate:
+            self.gate_head = nn.Conv2d(cfg.width(0), 1, 3, padding=1)
+            nn.init.zeros_(self.gate_head.weight)
+            nn.init.zeros_(self.gate_head.bias)  # σ(0) = ½ inside the regions at step 0
         if cfg.output_mode in ("residual", "blend"):
             if self.head is not None:
                 nn.init.zeros_(self.head.weight)
@@ -247,27 +300,34 @@ class RefinementNetwork(HubModel, tags=["refinement-network"]):
                 h = F.leaky_relu(block(torch.cat([h, conds[k]], dim=1)), 0.2)
         h = F.leaky_relu(h, 0.2)
         raw = self.head(h) if self.head is not None else None
+        gate = None
+        delta = 2 * torch.tanh(raw.float()) if raw is not None else None
+        if cfg.residual_gate:
+            lo, hi = cfg.gate_stretch
+            region = stretch_regions(warp.grid, lo, hi, round(cfg.gate_dilate * size / 256))
+            gate = region * torch.sigmoid(self.gate_head(h).float())
+            delta = delta * gate
         weights = None
         if cfg.output_mode == "residual":
-            image = torch.clamp(warp.warped + 2 * torch.tanh(raw).to(warp.warped.dtype), -1.0, 1.0)
+            image = torch.clamp(warp.warped + delta.to(warp.warped.dtype), -1.0, 1.0)
         elif cfg.output_mode == "blend":
             weights = torch.softmax(self.blend_head(h).float(), dim=1)  # B×(1+K)×H×W
             warped = warp.warped.float()
             base = warped * weights[:, :1]
             for k, sigma in enumerate(cfg.blur_sigmas, start=1):
                 base = base + gaussian_blur(warped, sigma * size / 256.0) * weights[:, k : k + 1]
-            if raw is not None:
-                base = base + 2 * torch.tanh(raw.float())
+            if delta is not None:
+                base = base + delta
             image = torch.clamp(base, -1.0, 1.0).to(warp.warped.dtype)
         elif cfg.output_mode == "direct":
             image = torch.tanh(raw)
         else:
             raise ValueError(f"unknown output_mode {cfg.output_mode!r}")
         if cfg.output_mode == "blend":
-            residual = (2 * torch.tanh(raw.float())) if raw is not None else torch.zeros_like(warp.warped, dtype=torch.float32)
+            residual = delta if delta is not None else torch.zeros_like(warp.warped, dtype=torch.float32)
         else:
             residual = image.float() - warp.warped.float()
-        return RefinementOutput(image=image, masks=masks, blend_weights=weights, residual=residual)
+        return RefinementOutput(image=image, masks=masks, blend_weights=weights, residual=residual, gate=gate)
 
 
-__all__ = ["RefinementConfig", "RefinementNetwork", "RefinementOutput"]
+__all__ = ["RefinementConfig", "RefinementNetwork", "RefinementOutput", "stretch_regions"]

@@ -161,6 +161,8 @@ class PairDataset(_Seeded, Dataset):
         prior_grid_size: resolution of the mesh-warp computation, upsampled to ``size``
             (``None`` = full resolution).
         seed: base seed.
+        head_prior: the prior grid is the render path's full-head mesh warp (face + hair, ear and
+            neck rings) instead of the face mesh alone.
     """
 
     def __init__(
@@ -172,7 +174,9 @@ class PairDataset(_Seeded, Dataset):
         prior_grid_size: int | None = None,
         seed: int = 0,
         min_source_side: float = 0,
+        head_prior: bool = False,
     ) -> None:
+        self.head_prior = bool(head_prior)
         self.data = _PreparedData(data_dir, size)
         self.split = split
         self.size = size
@@ -212,7 +216,7 @@ class PairDataset(_Seeded, Dataset):
             np.array(frames[source_frame]), np.array(frames[driving_frame]),
             lms[source_frame], lms[driving_frame],
             rng=rng, flip=flip, jitter=self.jitter, prior_grid_size=self.prior_grid_size,
-            identity=entry.identity, clip_id=entry.id,
+            identity=entry.identity, clip_id=entry.id, head_prior=self.head_prior,
         )
 
     def __getitem__(self, index: int) -> PairSample:
@@ -238,10 +242,12 @@ class IdentityFramesDataset(_Seeded, Dataset):
         prior_grid_size: int | None = None,
         seed: int = 0,
         min_source_side: float = 0,
+        head_prior: bool = False,
     ) -> None:
         if frames_per_identity < 1:
             raise ValueError(f"frames_per_identity must be >= 1, got {frames_per_identity!r}")
-        self.pairs = PairDataset(data_dir, split, size, augment, prior_grid_size, seed, min_source_side=min_source_side)
+        self.pairs = PairDataset(data_dir, split, size, augment, prior_grid_size, seed, min_source_side=min_source_side,
+                                 head_prior=head_prior)
         self.frames_per_identity = int(frames_per_identity)
         self.seed = int(seed)
         by_id: dict[str, list[_ClipEntry]] = {}

@@ -46,6 +46,7 @@ class MetaTrainConfig(ConfigChecks):
     inner_batch_size: int = 8  # the 48 frames are split into inner batches of this size
     objective: dict = field(default_factory=dict)  # ObjectiveConfig fields (no adversarial term)
     min_source_side: float = 0  # only people filmed at >= this many source pixels (see BaseTrainConfig)
+    prior_mesh: str = "face"  # "head": the render path's full-head mesh warp as prior (see BaseTrainConfig)
     checkpoint_every: int = 100
     checkpoints_total_limit: int = 2
     log_every: int = 10
@@ -54,6 +55,8 @@ class MetaTrainConfig(ConfigChecks):
 
     def __post_init__(self) -> None:
         self.check_positive_ints("outer_steps", "tasks_per_step", "inner_steps", "frames_per_identity", "inner_batch_size")
+        if self.prior_mesh not in ("face", "head"):
+            raise ValueError(f"prior_mesh must be face|head, got {self.prior_mesh!r}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> MetaTrainConfig:
@@ -103,7 +106,7 @@ def meta_train(config: MetaTrainConfig) -> Path:
     objective = GeneratorObjective(encoder, ObjectiveConfig(**config.objective))
     data = IdentityFramesDataset(config.data_dir, frames_per_identity=config.frames_per_identity, split="train",
                                  size=generator.config.image_size, seed=config.seed,
-                                 min_source_side=config.min_source_side)
+                                 min_source_side=config.min_source_side, head_prior=config.prior_mesh == "head")
     if len(data) < 1:
         raise ValueError(f"no training identities in {config.data_dir}")
     reptile = Reptile(generator, ReptileConfig(inner_steps=config.inner_steps, inner_lr=config.inner_lr,

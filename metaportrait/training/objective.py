@@ -5,7 +5,9 @@ matching) (MetaPortrait §3.1; docs/METHOD.md §7), plus an optional plain L1 on
 (``pixel_l1``, not in the paper) that our CPU recipes use because the perceptual network is the
 offline SFace fallback and dominates the step time at full resolution, and an optional
 ``pixel_ssim`` term ``1 − SSIM`` (L1 + SSIM is the photometric loss of Zhao et al. 2017; SSIM is
-also what the evaluation compares with the mesh warp).
+also what the evaluation compares with the mesh warp), and for a gated residual (refinement
+``residual_gate=True``) a sparsity term ``gate_sparsity · mean(gate)`` that keeps the gate at zero
+wherever the residual does not lower the loss.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ObjectiveConfig:
     pixel_ssim: float = 0.0
     perceptual_network: Literal["auto", "vgg19", "sface"] = "auto"
     perceptual_pyramid: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
+    gate_sparsity: float = 0.0  # λ of mean(gate): the gated residual draws only where it pays
 
     def __post_init__(self) -> None:
         if isinstance(self.perceptual_pyramid, list):
@@ -36,6 +39,8 @@ class ObjectiveConfig:
             raise ValueError(f"pixel_l1 must be >= 0, got {self.pixel_l1}")
         if self.pixel_ssim < 0:
             raise ValueError(f"pixel_ssim must be >= 0, got {self.pixel_ssim}")
+        if self.gate_sparsity < 0:
+            raise ValueError(f"gate_sparsity must be >= 0, got {self.gate_sparsity}")
         LossWeights(**self.weights)  # validates names and values
 
 
@@ -97,5 +102,10 @@ class GeneratorObjective(nn.Module):
             structural = 1.0 - ssim(out.image, batch.driving)
             loss = loss + self.config.pixel_ssim * structural
             logged["pixel_ssim"] = float(structural.detach())
+        gate = getattr(out, "gate", None)
+        if gate is not None:
+            logged["gate_mean"] = float(gate.detach().mean())
+            if self.config.gate_sparsity > 0:
+                loss = loss + self.config.gate_sparsity * gate.float().mean()
         logged["total"] = float(loss.detach())
         return ObjectiveOutput(loss=loss, terms=logged, output=out)

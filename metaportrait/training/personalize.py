@@ -64,8 +64,14 @@ class PersonalizeOptions:
     mouth_share: float = 0.5
     mouth_steps: int | None = None
     mouth_lr: float = 1e-4
+    # prior grids of the person's training pairs: the render path's full-head mesh warp ("head", what
+    # the user sees: hair, ears and neck move with the face) or the face mesh alone ("face", how the
+    # embedded base weights were trained)
+    prior_mesh: Literal["face", "head"] = "head"
 
     def __post_init__(self) -> None:
+        if self.prior_mesh not in ("face", "head"):
+            raise ValueError(f"prior_mesh must be 'face' or 'head', got {self.prior_mesh!r}")
         if not 0.0 <= self.validation_fraction < 0.5:
             raise ValueError(f"validation_fraction must be in [0, 0.5), got {self.validation_fraction}")
         if self.validation_every < 1:
@@ -132,7 +138,8 @@ def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFrames, batch_size: int = 8) -> tuple[float, float]:
+def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFrames, batch_size: int = 8,
+                   head_prior: bool = True) -> tuple[float, float]:
     """Mean L1 (in [0, 1] units) and mean PSNR (dB, :func:`~metaportrait.evaluation.metrics.psnr` of
     the uint8 images, an exact match counting as 100 dB) of the outputs for ``frames``, driven from
     ``train``'s first frame (the model's mode is left as it is)."""
@@ -140,8 +147,8 @@ def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFram
 
     l1s, psnrs = [], []
     for i in range(0, len(frames), batch_size):
-        items = [make_pair(train.frames[0], frames.frames[j], train.landmarks[0], frames.landmarks[j])
-                 for j in range(i, min(i + batch_size, len(frames)))]
+        items = [make_pair(train.frames[0], frames.frames[j], train.landmarks[0], frames.landmarks[j],
+                           head_prior=head_prior) for j in range(i, min(i + batch_size, len(frames)))]
         batch = collate_pairs(items)
         out = objective(generator, batch, stage="full").output.image.float().clamp(-1, 1)
         diff = (out - batch.driving) / 2
@@ -153,8 +160,8 @@ def heldout_errors(generator, objective, train: PersonFrames, frames: PersonFram
 class PersonPairs(torch.utils.data.Dataset):
     """Random source/driving pairs among one person's frames (same objective as base training)."""
 
-    def __init__(self, person: PersonFrames, seed: int = 0) -> None:
-        self.person, self.seed = person, seed
+    def __init__(self, person: PersonFrames, seed: int = 0, head_prior: bool = True) -> None:
+        self.person, self.seed, self.head_prior = person, seed, head_prior
 
     def __len__(self) -> int:
         return len(self.person) * len(self.person)
@@ -163,7 +170,8 @@ class PersonPairs(torch.utils.data.Dataset):
         n = len(self.person)
         s, d = divmod(index, n)
         p = self.person
-        return make_pair(p.frames[s], p.frames[d], p.landmarks[s], p.landmarks[d], identity="person", clip_id="person")
+        return make_pair(p.frames[s], p.frames[d], p.landmarks[s], p.landmarks[d], identity="person", clip_id="person",
+                         head_prior=self.head_prior)
 
     def batch(self, step: int, batch_size: int):
         rng = np.random.default_rng([self.seed, step])
@@ -268,6 +276,7 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     if person.frames.shape[1] != size:
         raise ValueError(f"frames are {person.frames.shape[1]}² but the generator works at {size}²")
     torch.manual_seed(options.seed)
+    head = options.prior_mesh == "head"
     objective = GeneratorObjective(load_identity_encoder(None), ObjectiveConfig(**options.objective))
     train_idx, val_idx = split_validation(len(person), options.validation_fraction)
     train = PersonFrames(person.frames[train_idx], person.landmarks[train_idx])
@@ -278,12 +287,12 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     if len(candidates) > 1 and val is not None:
         for gen, comp in candidates:
             gen.eval()
-            start_errors[comp] = heldout_errors(gen, objective, train, val)[0]
+            start_errors[comp] = heldout_errors(gen, objective, train, val, head_prior=head)[0]
         generator, component = min(candidates, key=lambda c: start_errors[c[1]])
     else:
         generator, component = next((c for c in candidates if c[1] == "generator"), candidates[0])
     del candidates
-    pairs = PersonPairs(train, seed=options.seed)
+    pairs = PersonPairs(train, seed=options.seed, head_prior=head)
     generator.eval()  # no batch statistics to carry: the adapter holds only weights
     if options.adapter == "lora":
         add_lora(generator, rank=options.rank)
@@ -296,7 +305,7 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
     best: dict = {}
 
     def remember(done: int) -> None:
-        err = heldout_errors(generator, objective, train, val)[0]
+        err = heldout_errors(generator, objective, train, val, head_prior=head)[0]
         history.append((done, err))
         if not best or err < best["error"]:
             best.update(error=err, step=done, params=[p.detach().clone() for p in params])

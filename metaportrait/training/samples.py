@@ -200,10 +200,20 @@ def _boxes_tensor(landmarks: np.ndarray, size: int) -> torch.Tensor:
     return torch.tensor([rb.left_eye, rb.right_eye, rb.mouth], dtype=torch.float32)
 
 
-def _prior_grid(src_lm: np.ndarray, drv_lm: np.ndarray, size: int, grid_size: int | None) -> torch.Tensor:
-    """Mesh-warp grid ``size×size×2``, computed at ``grid_size`` and upsampled bilinearly."""
+def _prior_grid(src_lm: np.ndarray, drv_lm: np.ndarray, size: int, grid_size: int | None,
+                head: bool = False) -> torch.Tensor:
+    """Mesh-warp grid ``size×size×2``, computed at ``grid_size`` and upsampled bilinearly; ``head``:
+    the render path's full-head mesh warp (face + hair/ear/neck rings + still border, always at
+    ``size``) instead of the face mesh alone (no motion outside the face outline)."""
     from metaportrait.face import mesh_warp_grid
 
+    if head:
+        from metaportrait.face.head_mesh import head_points, head_warp_grid, source_triangles
+
+        src, drv = np.asarray(src_lm, np.float64), np.asarray(drv_lm, np.float64)
+        rings = head_points(src, size, size)
+        tris = source_triangles(np.concatenate([src[:, :2], rings.points]), size, size)
+        return torch.from_numpy(np.ascontiguousarray(head_warp_grid(src, drv, rings, size, triangles=tris)))
     g = torch.from_numpy(mesh_warp_grid(src_lm, drv_lm, size, out_size=grid_size))
     if grid_size is not None and grid_size != size:
         g = F.interpolate(g.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0]
@@ -226,13 +236,15 @@ def make_pair(
     prior_grid: torch.Tensor | None = None,
     prior_is_exact: bool = False,
     driving_tensor: torch.Tensor | None = None,
+    head_prior: bool = False,
 ) -> PairSample:
     """Build a :class:`PairSample` from two ``S×S×3`` uint8 crops and their landmarks.
 
     ``flip`` mirrors both frames (landmarks mirrored with :data:`MIRROR_INDEX`); ``jitter``
     applies the same colour jitter to both (drawn from ``rng``). ``prior_grid`` (and
     ``driving_tensor``) may be given precomputed (synthetic motion); otherwise the grid is the
-    mesh warp at ``prior_grid_size`` (``None`` = full size) upsampled to ``S``.
+    mesh warp at ``prior_grid_size`` (``None`` = full size) upsampled to ``S`` — the full-head mesh
+    warp of the render path with ``head_prior``.
     """
     from metaportrait.face import draw_landmark_image, five_points
 
@@ -256,7 +268,7 @@ def make_pair(
         params = jitter.sample(rng)
         src_t = ColorJitter.apply(src_t, params)
         drv_t = ColorJitter.apply(drv_t, params)
-    grid = prior_grid if prior_grid is not None else _prior_grid(src_lm, drv_lm, size, prior_grid_size)
+    grid = prior_grid if prior_grid is not None else _prior_grid(src_lm, drv_lm, size, prior_grid_size, head_prior)
     return PairSample(
         source=src_t,
         driving=drv_t,

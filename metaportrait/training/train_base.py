@@ -88,6 +88,7 @@ class BaseTrainConfig(ConfigChecks):
     weights: dict = field(default_factory=dict)  # overrides of LossWeights fields
     pixel_l1: float = 0.0  # extra plain L1 on the output (not in the paper; helps PSNR/SSIM on small data)
     pixel_ssim: float = 0.0  # extra 1 - SSIM on the output (not in the paper)
+    gate_sparsity: float = 0.0  # λ of mean(gate) for a gated residual (refinement residual_gate=True)
     adversarial: bool = True
     disc_preset: str = "demo"
     perceptual_network: str = "auto"
@@ -95,6 +96,9 @@ class BaseTrainConfig(ConfigChecks):
     # only clips cut from >= this many source pixels (0: all); below the crop size the frames are
     # upscaled, and a refinement trained on them learns to smooth what sharp faces must keep
     min_source_side: float = 0
+    # prior grids of the training pairs: "face" (the face mesh alone, as the embedded weights were
+    # trained) or "head" (the render path's full-head mesh warp with hair/ear/neck rings)
+    prior_mesh: Literal["face", "head"] = "face"
     synthetic_stills: tuple[str, ...] = ()
     synthetic_fraction: float = 0.0
     checkpoint_every: int = 1000
@@ -115,6 +119,8 @@ class BaseTrainConfig(ConfigChecks):
         for name in ("frozen_modules", "zero_at_export"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.prior_mesh not in ("face", "head"):
+            raise ValueError(f"prior_mesh must be face|head, got {self.prior_mesh!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no|bf16|fp16, got {self.mixed_precision!r}")
         if self.warp_steps < 0 or self.full_steps < 0 or self.warp_steps + self.full_steps == 0:
@@ -226,10 +232,11 @@ def train(config: BaseTrainConfig) -> Path:
     disc = MultiScalePatchDiscriminator(discriminator_config(config.disc_preset)) if config.adversarial else None
     objective = GeneratorObjective(encoder, ObjectiveConfig(
         weights=config.weights, pixel_l1=config.pixel_l1, pixel_ssim=config.pixel_ssim, perceptual_network=config.perceptual_network,
-        perceptual_pyramid=config.perceptual_pyramid)).to(device)
+        perceptual_pyramid=config.perceptual_pyramid, gate_sparsity=config.gate_sparsity)).to(device)
     weights = objective.weights
 
-    pairs = PairDataset(config.data_dir, split="train", size=size, augment=True, min_source_side=config.min_source_side)
+    pairs = PairDataset(config.data_dir, split="train", size=size, augment=True, min_source_side=config.min_source_side,
+                        head_prior=config.prior_mesh == "head")
     if len(pairs) == 0:
         raise ValueError(f"no training frames in {config.data_dir}"
                          + (f" from crops of >= {config.min_source_side:g} source px" if config.min_source_side else ""))

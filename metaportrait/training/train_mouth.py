@@ -176,6 +176,8 @@ class MouthTrainConfig:
     checkpoints_total_limit: int = 2
     resume_from: str | None = "latest"
     seed: int = 0
+    lr_decay_from: int | None = None  # from this step on, both learning rates fall linearly ...
+    lr_decay_steps: int = 5000  # ... to 5 % of their value over this many steps (None: constant)
 
 
 def _masked_l1(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -251,10 +253,20 @@ def train_crop_network(config, model: torch.nn.Module, train: torch.utils.data.D
         model.train()
         return {k: v / len(chosen) for k, v in tot.items()}
 
+    def set_learning_rates() -> None:
+        start = getattr(config, "lr_decay_from", None)
+        if start is None:
+            return
+        frac = max(0.05, 1.0 - max(0, step - start) / max(1, config.lr_decay_steps))
+        for opt, base in ((opt_g, config.learning_rate), (opt_d, config.disc_learning_rate)):
+            for group in opt.param_groups:
+                group["lr"] = base * frac
+
     model.train()
     done = False
     while not done:
         for batch in loader:
+            set_learning_rates()
             w, lips, src, tgt, m = (batch[k] for k in ("warped", condition, "source", "target", "mask"))
             fake = composite(w, model(w, lips, src).image, m)
             adv = step >= config.adversarial_from
