@@ -56,6 +56,24 @@ def test_meta_train_steps_checkpoint_and_resume(prepared_data, base_folder, tmp_
     assert [r["step"] for r in rows] == [1, 2, 3]
 
 
+def test_meta_train_keeps_frozen_modules_on_the_head_prior(prepared_data, base_folder, tmp_path):
+    """``frozen_modules=["warping"]`` (the gated recipe: the warp stays the mesh warp): Reptile moves
+    only the refinement network; the tasks' pairs use the render path's full-head mesh warp."""
+    cfg = MetaTrainConfig(data_dir=str(prepared_data), output_dir=str(tmp_path / "meta"), init_from=str(base_folder),
+                          outer_steps=1, tasks_per_step=2, inner_steps=2, inner_lr=1e-3, outer_lr=1e-3,
+                          frames_per_identity=4, inner_batch_size=2, objective=FAST, checkpoint_every=1,
+                          frozen_modules=["warping"], prior_mesh="head")
+    meta = MetaPortraitGenerator.from_pretrained(meta_train(cfg) / "meta")
+    base = MetaPortraitGenerator.from_pretrained(base_folder / "base")
+    for part, moved in (("warping", False), ("refinement", True)):
+        d = max(float((a - b).abs().max()) for a, b in zip(getattr(meta, part).parameters(),
+                                                          getattr(base, part).parameters()))
+        assert (d > 0) == moved, (part, d)
+    with pytest.raises(ValueError, match="frozen_modules"):
+        meta_train(MetaTrainConfig(data_dir=str(prepared_data), output_dir=str(tmp_path / "bad"),
+                                   init_from=str(base_folder), outer_steps=1, objective=FAST, frozen_modules=["warp"]))
+
+
 def test_personalize_lora_adapter_small_loads_and_changes_output(base_folder, tmp_path):
     gen, component, _ = load_start_generator(base_folder)
     person = collect_frames(EXAMPLES / "driving_webcam.mp4", size=gen.config.image_size, max_frames=8)

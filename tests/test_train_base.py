@@ -180,7 +180,7 @@ def test_shipped_base_configs_parse(name):
     assert cfg.total_steps > 0
 
 
-@pytest.mark.parametrize("name", ["meta_paper", "meta_demo"])
+@pytest.mark.parametrize("name", ["meta_paper", "meta_demo", "meta_demo_gated"])
 def test_shipped_meta_configs_parse(name):
     from metaportrait.training.meta_train import MetaTrainConfig
     from metaportrait.training.objective import ObjectiveConfig

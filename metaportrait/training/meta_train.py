@@ -47,6 +47,9 @@ class MetaTrainConfig(ConfigChecks):
     objective: dict = field(default_factory=dict)  # ObjectiveConfig fields (no adversarial term)
     min_source_side: float = 0  # only people filmed at >= this many source pixels (see BaseTrainConfig)
     prior_mesh: str = "face"  # "head": the render path's full-head mesh warp as prior (see BaseTrainConfig)
+    # generator sub-modules kept at their init_from weights (e.g. ["warping"]: the warp stays the mesh
+    # warp; Reptile meta-learns only what remains trainable)
+    frozen_modules: tuple[str, ...] = ()
     checkpoint_every: int = 100
     checkpoints_total_limit: int = 2
     log_every: int = 10
@@ -57,6 +60,8 @@ class MetaTrainConfig(ConfigChecks):
         self.check_positive_ints("outer_steps", "tasks_per_step", "inner_steps", "frames_per_identity", "inner_batch_size")
         if self.prior_mesh not in ("face", "head"):
             raise ValueError(f"prior_mesh must be face|head, got {self.prior_mesh!r}")
+        if isinstance(self.frozen_modules, list):
+            object.__setattr__(self, "frozen_modules", tuple(self.frozen_modules))
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> MetaTrainConfig:
@@ -102,6 +107,10 @@ def meta_train(config: MetaTrainConfig) -> Path:
     latest = latest_checkpoint(ckpt_dir)
     generator = load_generator(latest / "generator" if latest else config.init_from)
     generator.train()
+    from metaportrait.training.train_base import _submodules
+
+    for module in _submodules(generator, config.frozen_modules, "frozen_modules"):
+        module.requires_grad_(False)
     encoder = load_identity_encoder(None)
     objective = GeneratorObjective(encoder, ObjectiveConfig(**config.objective))
     data = IdentityFramesDataset(config.data_dir, frames_per_identity=config.frames_per_identity, split="train",
