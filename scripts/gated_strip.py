@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             ys, xs = np.nonzero(masks[i])
             centre = np.array([xs.mean(), ys.mean()]) if len(xs) else np.array([128.0, 128.0])
             half = 48
-            zooms = [zoom(img, centre, half, 256) for img in (truth, a, b)]
+            zooms = [cv2.resize(zoom(img, centre, half, 256), (256, 256), interpolation=cv2.INTER_CUBIC) for img in (truth, a, b)]
             rows.append(np.concatenate([label(truth, f"truth {clip.identity} #{i}"), label(a, "shipped"),
                                         label(b, "gated residual"), label(over, "region")]
                                        + [label(z, n) for z, n in zip(zooms, ("truth 2x", "shipped 2x", "gated 2x"))], 1))

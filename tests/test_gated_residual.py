@@ -96,12 +96,16 @@ def test_stretch_regions_measures_magnification():
                             indexing="ij")
     identity = torch.stack([xs, ys], dim=-1)[None]
     assert float(stretch_regions(identity, dilate=0).max()) == 0.0
-    # the right half magnifies the source 3× horizontally (area ratio 1/3): fully a region
+    # the right half magnifies the source 5× horizontally (area ratio 1/5): fully a region
     grid = identity.clone()
-    grid[..., s // 2:, 0] = grid[..., s // 2:, 0] / 3.0
+    grid[..., s // 2:, 0] = grid[..., s // 2:, 0] / 5.0
     region = stretch_regions(grid, dilate=0)[0, 0]
     assert float(region[:, : s // 2 - 1].max()) == 0.0
     assert float(region[:, s // 2 + 1:].min()) == 1.0
+    # 3× (area ratio 1/3) is on the ramp between lo = 1/4 and hi = 1/2: (1/2 − 1/3) / (1/4) = 2/3
+    ramp = identity.clone()
+    ramp[..., s // 2:, 0] = ramp[..., s // 2:, 0] / 3.0
+    assert float(stretch_regions(ramp, dilate=0)[0, 0, 4, -4]) == pytest.approx(2 / 3, abs=1e-3)
     # a fold (mirrored columns: negative area) counts as a region too
     folded = identity.flip(2)
     assert float(stretch_regions(folded, dilate=0).min()) == 1.0

@@ -186,7 +186,7 @@ def mouth_scores(output: np.ndarray, truth: np.ndarray, landmarks: np.ndarray) -
             "mouth_detail": sobel_detail(o, full) / ref if ref > 0 else float("nan")}
 
 
-STRETCH_AT = 0.75
+STRETCH_AT = 0.5
 """Area ratio (source / output) below which the head mesh warp counts as magnifying (the upper end of
 the refinement gate's default ramp)."""
 STRETCH_MIN_PIXELS = 64

@@ -89,7 +89,7 @@ class RefinementConfig(ModelConfig):
     blur_sigmas: tuple[float, ...] = (1.0, 2.0)
     blend_residual: bool = True
     residual_gate: bool = False
-    gate_stretch: tuple[float, float] = (0.4, 0.75)
+    gate_stretch: tuple[float, float] = (0.25, 0.5)
     gate_dilate: int = 4
 
     def validate(self) -> None:
@@ -162,7 +162,7 @@ class RefinementOutput:
     gate: torch.Tensor | None = None
 
 
-def stretch_regions(grid: torch.Tensor, lo: float = 0.4, hi: float = 0.75, dilate: int = 4) -> torch.Tensor:
+def stretch_regions(grid: torch.Tensor, lo: float = 0.25, hi: float = 0.5, dilate: int = 4) -> torch.Tensor:
     """``B×1×H×W`` in [0, 1]: where the sampling ``grid`` (``B×H×W×2``, grid_sample units) magnifies
     the source — 1 where the source area under an output pixel is ``<= lo`` of the pixel's own (folds:
     negative), 0 from ``hi`` on, linear between — without specks under 3 pixels across (a 3×3
