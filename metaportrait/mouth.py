@@ -43,11 +43,14 @@ def mouth_opening(landmarks: np.ndarray) -> float:
     return float(np.linalg.norm(lm[13] - lm[14]) / max(width, 1e-6))
 
 
-def fill_strength(driving: np.ndarray, source: np.ndarray, threshold: float = OPEN_THRESHOLD) -> float:
+def fill_strength(driving: np.ndarray, source: np.ndarray, threshold: float = OPEN_THRESHOLD,
+                  source_margin: float | None = SOURCE_MARGIN) -> float:
     """How much (0..1) of the network's mouth to use for ``driving`` landmarks on a ``source`` face:
     0 while the driving mouth is closed or opens no further than the source's own, rising to 1
-    over :data:`RAMP` beyond ``max(threshold, source opening + SOURCE_MARGIN)``."""
-    start = max(threshold, mouth_opening(source) + SOURCE_MARGIN)
+    over :data:`RAMP` beyond ``max(threshold, source opening + source_margin)``. ``source_margin``
+    None: every mouth opening beyond ``threshold`` (a network personalized on the person's own
+    frames draws their mouth better than the warp carries the photo's, when measured so)."""
+    start = threshold if source_margin is None else max(threshold, mouth_opening(source) + source_margin)
     return float(np.clip((mouth_opening(driving) - start) / RAMP, 0.0, 1.0))
 
 
@@ -152,10 +155,11 @@ class MouthFiller:
     """Runs a :class:`MouthInteriorNetwork` on rendered frames (see the module docstring)."""
 
     def __init__(self, network: MouthInteriorNetwork, device: str | torch.device = "cpu",
-                 threshold: float = OPEN_THRESHOLD) -> None:
+                 threshold: float = OPEN_THRESHOLD, source_margin: float | None = SOURCE_MARGIN) -> None:
         self.network = network.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.threshold = float(threshold)
+        self.source_margin = None if source_margin is None else float(source_margin)
         cfg = network.config
         self.crop_size = int(cfg.crop_size)
         self.mouth_width = float(cfg.mouth_width)
@@ -176,7 +180,7 @@ class MouthFiller:
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"frame must be uint8 H×W×3, got {frame.dtype} {frame.shape}")
         lm = np.asarray(landmarks, np.float64)
-        strength = fill_strength(lm, source_landmarks, self.threshold)
+        strength = fill_strength(lm, source_landmarks, self.threshold, self.source_margin)
         if strength <= 0.0:
             return frame.copy()
         s = self.crop_size
@@ -190,6 +194,28 @@ class MouthFiller:
         pred = ((out[0].permute(1, 2, 0).float().cpu().numpy() + 1.0) * 127.5).astype(np.float32)
         width = float(np.linalg.norm(lm[MOUTH_LEFT_CORNER, :2] - lm[MOUTH_RIGHT_CORNER, :2]))
         return paste_mouth(frame, pred, a, lm[list(MOUTH_INNER)], width, strength)
+
+
+FILL_FILE = "fill.json"
+"""Next to a personalized mouth network's weights: ``{"source_margin": null | float, ...}``, the fill
+policy personalization chose on the person's held-back frames (absent: :data:`SOURCE_MARGIN`)."""
+
+
+def read_fill_policy(folder) -> float | None:
+    """The ``source_margin`` of a mouth-network folder's :data:`FILL_FILE` (:data:`SOURCE_MARGIN` without one)."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / FILL_FILE
+    if not path.is_file():
+        return SOURCE_MARGIN
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "source_margin" not in data:
+        raise ValueError(f"{path}: expected an object with 'source_margin', got {data!r}")
+    margin = data["source_margin"]
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not -1 <= margin <= 1):
+        raise ValueError(f"{path}: source_margin must be null or a number in [-1, 1], got {margin!r}")
+    return None if margin is None else float(margin)
 
 
 def paste_mouth(frame: np.ndarray, prediction: np.ndarray, affine: np.ndarray, inner: np.ndarray,

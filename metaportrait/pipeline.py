@@ -59,7 +59,7 @@ from metaportrait.models.identity_encoder import IdentityEncoder
 from metaportrait.models.eye_interior import EyeInteriorNetwork
 from metaportrait.models.mouth_interior import MouthInteriorNetwork
 from metaportrait.eyes import EyeFiller
-from metaportrait.mouth import MouthFiller
+from metaportrait.mouth import SOURCE_MARGIN, MouthFiller, read_fill_policy
 from metaportrait.render import output_size
 from metaportrait.tensors import to_tensor, to_uint8
 from metaportrait.video import VideoWriter, add_visible_label, check_output_path, iter_frames, write_frames
@@ -112,10 +112,14 @@ class MetaPortraitPipeline:
         backend: Backend = "auto",
         mouth_interior: MouthInteriorNetwork | None = None,
         eye_interior: EyeInteriorNetwork | None = None,
+        mouth_source_margin: float | None = SOURCE_MARGIN,
     ) -> None:
         self.device = torch.device(device)
-        # draws the inside of an opening mouth (teeth, tongue) over the warp; None: the warp alone
-        self.mouth = None if mouth_interior is None else MouthFiller(mouth_interior, self.device)
+        # draws the inside of an opening mouth (teeth, tongue) over the warp; None: the warp alone.
+        # ``mouth_source_margin``: it draws where the mouth opens this much beyond the source's own
+        # (None: every open mouth; a personalized network's fill policy, chosen on held-back frames)
+        self.mouth = None if mouth_interior is None else MouthFiller(mouth_interior, self.device,
+                                                                      source_margin=mouth_source_margin)
         # draws the lids of an eye that closes further than the source's; None: the warp alone
         self.eyes = None if eye_interior is None else EyeFiller(eye_interior, self.device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
@@ -181,12 +185,13 @@ class MetaPortraitPipeline:
         if mouth_interior and adapter is not None and (Path(adapter) / "mouth_interior").is_dir():
             mouth_dir = Path(adapter) / "mouth_interior"  # personalized on the person's own frames
         mouth = None if mouth_dir is None else MouthInteriorNetwork.from_pretrained(mouth_dir)
+        fill_margin = SOURCE_MARGIN if mouth_dir is None else read_fill_policy(mouth_dir)
         eyes_dir = component_folder(folder, index, "eye_interior") if eye_interior else None
         eyes = None if eyes_dir is None else EyeInteriorNetwork.from_pretrained(eyes_dir)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(generator, encoder, device=device, limits=limits, backend=backend, mouth_interior=mouth,
-                   eye_interior=eyes)
+                   eye_interior=eyes, mouth_source_margin=fill_margin)
 
     # ------------------------------------------------------------------ source
     def prepare_source(self, image: str | Path | np.ndarray, analyzer: FaceAnalyzer | None = None) -> SourceFace:

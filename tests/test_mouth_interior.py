@@ -112,6 +112,27 @@ def test_source_that_already_shows_the_mouth_is_left_to_the_warp(pipe, astronaut
                               draw(src, grid, None, False, 256))
 
 
+def test_every_open_mouth_policy_draws_over_the_photos_own_teeth(pipe, astronaut, tmp_path):
+    """A personalized network's fill policy "every open mouth" (``source_margin`` None, from its
+    folder's fill.json) draws where the shipped policy leaves the photo's own open mouth to the warp;
+    a bad policy file is refused with its path."""
+    from metaportrait.mouth import FILL_FILE, SOURCE_MARGIN, read_fill_policy
+
+    src = pipe.prepare_source(astronaut)
+    assert fill_strength(src.landmarks, src.landmarks) == 0.0
+    assert fill_strength(src.landmarks, src.landmarks, source_margin=None) > 0.0
+    every = MouthFiller(pipe.mouth.network, source_margin=None)
+    grid = pipe.prior_grid(src, src.landmarks)
+    warp = draw(src, grid, None, False, 256)
+    assert not np.array_equal(draw(src, grid, None, False, 256, target=src.landmarks, mouth=every), warp)
+    assert read_fill_policy(tmp_path) == SOURCE_MARGIN  # no file: the shipped policy
+    (tmp_path / FILL_FILE).write_text(json.dumps({"source_margin": None}))
+    assert read_fill_policy(tmp_path) is None
+    (tmp_path / FILL_FILE).write_text(json.dumps({"source_margin": "always"}))
+    with pytest.raises(ValueError, match="fill.json"):
+        read_fill_policy(tmp_path)
+
+
 def test_mouth_box_scores_on_a_real_face(source):
     import cv2
 

@@ -184,6 +184,14 @@ def test_personalization_teaches_the_mouth_network_the_persons_mouth(base_folder
     assert pipe.mouth is not None
     got = dict(pipe.mouth.network.state_dict())
     assert all(torch.equal(got[k].float(), v) for k, v in saved.state_dict().items())
+    # the fill policy was chosen on the same held-back mouths (the lower rendered-crop error) and
+    # travels with the network
+    assert set(m.fill_errors) == {"every open mouth", "beyond the source"}
+    best = min(m.fill_errors, key=m.fill_errors.get)
+    assert (m.source_margin is None) == (best == "every open mouth"), m
+    fill = json.loads((tmp_path / "adapter" / "mouth_interior" / "fill.json").read_text())
+    assert fill["source_margin"] == m.source_margin
+    assert pipe.mouth.source_margin == m.source_margin
     # a learning rate that wrecks it: the held-back error rises and the starting weights come back
     from metaportrait.person import PersonFrames
     from metaportrait.training.personalize import personalize_mouth

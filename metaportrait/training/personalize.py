@@ -25,10 +25,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from metaportrait.mouth import FILL_FILE, SOURCE_MARGIN, fill_strength, mouth_opening
 from metaportrait.person import PersonFrames, collect_frames
 from metaportrait.tensors import to_uint8
 from metaportrait.training.samples import collate_pairs, make_pair
 from metaportrait.training.train_mouth import WORK as MOUTH_WORK_SIZE  # the mouth pairs' frame size
+
+VAL_OPEN = 0.05  # held-back frames with at least this mouth opening are the mouth network's validation pairs
 
 ProgressFn = Callable[[int, float, float], bool | None]
 """``progress(step, loss, elapsed_seconds)``; returning True stops early."""
@@ -122,6 +125,11 @@ class MouthPersonalization:
     error_before: float | None  # masked mouth L1 on the held-back open mouths (None: none held back)
     error_after: float | None
     kept: bool  # False: the fine-tuned network did not beat the shipped one and was not saved
+    # the fill policy chosen on the held-back open mouths (only for a kept network): the mouth
+    # crop's L1 when the network draws only where the mouth opens beyond the source's own (the
+    # shipped policy) and when it draws every open mouth; source_margin None = every open mouth
+    fill_errors: dict[str, float] | None = None
+    source_margin: float | None = SOURCE_MARGIN
 
 
 def split_validation(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +232,8 @@ def personalize_mouth(network, train: PersonFrames, val: PersonFrames | None, op
     cfg = network.config
     val_pairs = None
     if val is not None and len(val):
-        arrays = validation_pairs(train.frames, train.landmarks, val.frames, val.landmarks, cfg.mouth_width)
+        arrays = validation_pairs(train.frames, train.landmarks, val.frames, val.landmarks, cfg.mouth_width,
+                                  open_threshold=VAL_OPEN)
         if arrays:
             val_pairs = MouthPairs(arrays, cfg.crop_size, cfg.mouth_width, augment=False)
     start = {k: v.detach().clone() for k, v in network.state_dict().items()}
@@ -236,8 +245,41 @@ def personalize_mouth(network, train: PersonFrames, val: PersonFrames | None, op
     kept = after is None or after < before
     if not kept:
         network.load_state_dict(start)
+    fill_errors, margin = None, SOURCE_MARGIN
+    if kept and val_pairs is not None:
+        n = len(train)
+        sources = [train.landmarks[k % n] for k, lm in enumerate(val.landmarks) if mouth_opening(lm) >= VAL_OPEN]
+        targets = [lm for lm in val.landmarks if mouth_opening(lm) >= VAL_OPEN]
+        fill_errors = {
+            "beyond the source": fill_error(network, val_pairs, [fill_strength(t, s_) for s_, t in zip(sources, targets)]),
+            "every open mouth": fill_error(network, val_pairs,
+                                           [fill_strength(t, s_, source_margin=None) for s_, t in zip(sources, targets)]),
+        }
+        if fill_errors["every open mouth"] < fill_errors["beyond the source"]:
+            margin = None
     return MouthPersonalization(steps=int(info["steps"]), seconds=float(info["seconds"]), pairs=int(info["pairs"]),
-                                error_before=before, error_after=after, kept=kept)
+                                error_before=before, error_after=after, kept=kept, fill_errors=fill_errors,
+                                source_margin=margin)
+
+
+@torch.no_grad()
+def fill_error(network, pairs, strengths: list[float]) -> float:
+    """Mean L1 (in [0, 1] units) over the whole mouth crop of the rendered mouths of ``pairs``: the
+    network's composite blended over the warp with each pair's fill ``strengths`` (0: the warp)."""
+    from metaportrait.models.mouth_interior import composite
+
+    if len(strengths) != len(pairs):
+        raise ValueError(f"{len(strengths)} strengths for {len(pairs)} pairs")
+    was_training = network.training
+    network.eval()
+    errs = []
+    for i, strength in enumerate(strengths):
+        x = pairs.sample(i, np.random.default_rng(i))
+        w, lips, src, tgt, m = (x[k][None] for k in ("warped", "lips", "source", "target", "mask"))
+        out = w + strength * (composite(w, network(w, lips, src).image, m) - w)
+        errs.append(float((out - tgt).abs().mean()) / 2)
+    network.train(was_training)
+    return float(np.mean(errs))
 
 
 def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | Path | None = None,
@@ -338,7 +380,8 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
         mouth = personalize_mouth(mouth_network, train, val, options,
                                   seconds=None if options.seconds is None else options.seconds * options.mouth_share,
                                   steps=options.mouth_steps or options.steps)
-    after = render_preview(generator, encoder, person, *preview_pair, mouth=mouth_network)
+    after = render_preview(generator, encoder, person, *preview_pair, mouth=mouth_network,
+                           mouth_source_margin=SOURCE_MARGIN if mouth is None else mouth.source_margin)
     out = Path(output_dir)
     meta = {"component": component, "frames": len(person), "steps": result.steps, "seconds": result.seconds,
             "best_step": best.get("step"), "validation": history, "start_errors": start_errors,
@@ -354,6 +397,9 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
         (out / "personalization.json").write_text(json.dumps(meta, indent=2))
     if options.adapter == "lora" and mouth is not None and mouth.kept:
         mouth_network.save_pretrained(out / "mouth_interior")
+    if mouth is not None and mouth.kept and mouth.fill_errors is not None:
+        (out / "mouth_interior" / FILL_FILE).write_text(json.dumps(
+            {"source_margin": mouth.source_margin, "fill_errors": mouth.fill_errors}, indent=2))
     size_bytes = sum(f.stat().st_size for f in out.rglob("*.safetensors"))
     return PersonalizeResult(output_dir=out, adapter=options.adapter, component=component, steps=result.steps,
                              seconds=time.perf_counter() - t0, losses=list(result.losses), times=list(result.times),
@@ -363,7 +409,8 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
 
 
 @torch.no_grad()
-def render_preview(generator, encoder, person: PersonFrames, source: int, target: int, mouth=None) -> np.ndarray:
+def render_preview(generator, encoder, person: PersonFrames, source: int, target: int, mouth=None,
+                   mouth_source_margin: float | None = SOURCE_MARGIN) -> np.ndarray:
     """``source | target | output`` (uint8, one row): frame ``source`` driven by frame ``target``'s
     landmarks through the render path a pipeline with these networks draws (copies of them: the
     training ones are left as they are), the ``mouth`` network included."""
@@ -373,7 +420,8 @@ def render_preview(generator, encoder, person: PersonFrames, source: int, target
 
     p = person
     pipe = MetaPortraitPipeline(copy.deepcopy(generator), encoder, backend="eager",
-                                mouth_interior=None if mouth is None else copy.deepcopy(mouth))
+                                mouth_interior=None if mouth is None else copy.deepcopy(mouth),
+                                mouth_source_margin=mouth_source_margin)
     src = pipe.source_from_crop(np.ascontiguousarray(p.frames[source]), np.asarray(p.landmarks[source]))
     img = pipe.generate(src, [np.asarray(p.landmarks[target], np.float32)])[0]
     return np.concatenate([p.frames[source], p.frames[target], img], axis=1)
@@ -469,7 +517,12 @@ def mouth_summary(m: MouthPersonalization) -> str:
     if m.error_before is None:
         return head + "no held-back frame has an open mouth, so it is kept unvalidated"
     verdict = "kept" if m.kept else "not kept (the shipped network stays)"
-    return head + f"held-back open mouths: masked L1 {m.error_before:.4f} -> {m.error_after:.4f}, {verdict}"
+    line = head + f"held-back open mouths: masked L1 {m.error_before:.4f} -> {m.error_after:.4f}, {verdict}"
+    if m.fill_errors:
+        policy = "every open mouth" if m.source_margin is None else "mouths opening beyond the photo's"
+        line += (f"; it draws {policy} (mouth-crop L1 {m.fill_errors['every open mouth']:.4f} drawing every open "
+                 f"mouth vs {m.fill_errors['beyond the source']:.4f} only beyond the photo's)")
+    return line
 
 
 if __name__ == "__main__":
