@@ -447,3 +447,81 @@ def test_train_sr_detail_terms_adversarial_identity_temporal_and_exact_resume(tm
     assert first.losses[0] > plain.losses[0]
     with pytest.raises(ValueError, match="identity_weight"):
         config.replace(identity_weight=-1.0)
+
+
+# -- temporal stabilizer (temporal consistency of the SR output) -------------------------------------
+def _moving_noisy_face(astronaut, n: int = 8, size: int = 256, noise: float = 2.0, seed: int = 0):
+    """A known moving pattern: the astronaut's face translating 1.5 px (at 512²) a frame, taken to
+    ``size``² with fresh sensor noise in every frame (what a per-frame SR sharpens into flicker).
+    Returns (low-res noisy frames, the clean 2×size² frames)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    lows, highs = [], []
+    for t in range(n):
+        m = np.float32([[1, 0, -120 - 1.5 * t], [0, 1, -30 - 0.75 * t]])
+        hi = cv2.warpAffine(astronaut, m, (2 * size, 2 * size), flags=cv2.INTER_CUBIC)
+        lo = cv2.resize(hi, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+        lows.append(np.clip(lo + rng.normal(0, noise, lo.shape), 0, 255).astype(np.uint8))
+        highs.append(hi)
+    return lows, highs
+
+
+def test_temporal_stabilizer_keeps_a_cut_and_damps_static_flicker(astronaut):
+    import cv2
+
+    from metaportrait.superres import TemporalStabilizer, StabilizerConfig
+
+    low = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
+    base = bicubic_upscale(low, 256).astype(np.float32)
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8) for _ in range(6)]
+    stab = TemporalStabilizer(StabilizerConfig(keep=0.5))
+    out = [stab(low, h) for h in noisy]
+    assert np.array_equal(out[0], noisy[0])  # nothing to filter against yet
+    # a still scene: the output is averaged along (zero) motion, so it varies less
+    assert e_warp(out) < 0.75 * e_warp(noisy)
+    assert min(stab.trusted_fraction) > 0.95
+    # a cut to a different picture: (almost) no motion is trusted, the frame passes through
+    other = np.ascontiguousarray(astronaut[::-1, ::-1])
+    other_low = cv2.resize(other, (128, 128), interpolation=cv2.INTER_AREA)
+    other_high = bicubic_upscale(other_low, 256)
+    assert np.abs(stab(other_low, other_high).astype(int) - other_high.astype(int)).mean() < 0.1
+    assert stab.trusted_fraction[-1] < 0.2
+    with pytest.raises(ValueError, match="keep"):
+        StabilizerConfig(keep=0.0)
+
+
+def test_shipped_sr_temporal_path_flickers_less_than_per_frame(astronaut):
+    """The temporal path (sliding windows + temporal stabilizer) of the embedded SR weights gives less
+    flicker than the per-frame path on a moving face with sensor noise, at no loss of fidelity."""
+    from metaportrait.superres import StabilizerConfig, load_sr_model
+
+    lows, highs = _moving_noisy_face(astronaut)
+    model = load_sr_model(None)
+    per_frame = list(upscale_frames(model, iter(lows), window=1, overlap=0))
+    temporal = list(upscale_frames(model, iter(lows), stabilize=StabilizerConfig()))
+    windows_only = list(upscale_frames(model, iter(lows)))
+    # measured (E_warp): per frame 0.00884, windows alone 0.00872 (−1.4 %), + stabilizer 0.00760 (−14 %)
+    assert e_warp(temporal) < 0.92 * e_warp(per_frame)
+    assert e_warp(temporal) < e_warp(windows_only)
+    assert psnr_frames(temporal, highs) > psnr_frames(per_frame, highs) - 0.3  # measured +0.13 dB
+
+
+def test_upscale_cli_stabilize_option(tmp_path, capsys):
+    """`metaportrait upscale --stabilize KEEP` runs the stabilized path end to end (one output frame
+    per input frame) and refuses a share outside (0, 1] before reading anything."""
+    from metaportrait.superres import main
+    from metaportrait.video import VideoWriter, iter_frames, probe_video
+
+    clip = tmp_path / "clip.mp4"
+    with VideoWriter(clip, fps=25) as w:
+        for f in iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=5):
+            w.write(f)
+    with pytest.raises(SystemExit):
+        main(["--input", str(clip), "--output", str(tmp_path / "bad.mp4"), "--stabilize", "0"])
+    assert "keep must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
+    assert main(["--input", str(clip), "--output", str(tmp_path / "s.mp4"), "--face", "crop", "--stabilize", "0.5",
+                 "--device", "cpu"]) == 0
+    info = probe_video(tmp_path / "s.mp4")
+    assert info.num_frames == 5 and (info.width, info.height) == (512, 512)
