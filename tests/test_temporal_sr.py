@@ -509,8 +509,8 @@ def test_shipped_sr_temporal_path_flickers_less_than_per_frame(astronaut):
 
 
 def test_upscale_cli_stabilize_option(tmp_path, capsys):
-    """`metaportrait upscale --stabilize KEEP` runs the stabilized path end to end (one output frame
-    per input frame) and refuses a share outside (0, 1] before reading anything."""
+    """`metaportrait upscale --stabilize KEEP` (default 0.5; 1 = off) runs the stabilized path end to
+    end (one output frame per input frame) and refuses a share outside (0, 1] before reading anything."""
     from metaportrait.superres import main
     from metaportrait.video import VideoWriter, iter_frames, probe_video
 
@@ -518,9 +518,10 @@ def test_upscale_cli_stabilize_option(tmp_path, capsys):
     with VideoWriter(clip, fps=25) as w:
         for f in iter_frames(REPO / "examples" / "driving_webcam.mp4", max_frames=5):
             w.write(f)
-    with pytest.raises(SystemExit):
-        main(["--input", str(clip), "--output", str(tmp_path / "bad.mp4"), "--stabilize", "0"])
-    assert "keep must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            main(["--input", str(clip), "--output", str(tmp_path / "bad.mp4"), "--stabilize", bad])
+        assert "keep must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
     assert main(["--input", str(clip), "--output", str(tmp_path / "s.mp4"), "--face", "crop", "--stabilize", "0.5",
                  "--device", "cpu"]) == 0
     info = probe_video(tmp_path / "s.mp4")
