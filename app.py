@@ -652,8 +652,9 @@ def build_demo() -> gr.Blocks:
                             outputs=t_out, api_name="talk", concurrency_limit=CONCURRENCY)
             with gr.Tab("512² SR", id="superres"):
                 gr.Markdown("Temporal super-resolution of a 256² face video to 512² (3D U-Net + StyleGAN2 prior), "
-                            "with a side-by-side comparison against bicubic upsampling. A video that is not a square "
-                            "face crop has its face found, upscaled and pasted back at twice its size.")
+                            "filtered along the video's motion against flicker, with a side-by-side comparison "
+                            "against bicubic upsampling. A video that is not a square face crop has its face found, "
+                            "upscaled and pasted back at twice its size.")
                 with gr.Row():
                     with gr.Column():
                         s_video = gr.Video(label="A face video (a reenactment, or any video with a face)", sources=["upload"])
