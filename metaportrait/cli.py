@@ -37,6 +37,7 @@ def _reenact(args: argparse.Namespace) -> int:
         smile=args.smile,
         face=None if args.face is None else ("all" if args.face == "all" else int(args.face)),
         audio=args.audio,
+        super_resolution=args.sr,
     )
     pipe = MetaPortraitPipeline.from_pretrained(args.weights, device=args.device, adapter=args.adapter,
                                                 backend=args.backend, mouth_interior=not args.no_mouth,
@@ -58,7 +59,9 @@ def _reenact(args: argparse.Namespace) -> int:
         f"wrote {result.output_path} ({result.num_frames} frames at {result.fps:g} fps"
         f"{', audio kept' if result.has_audio else ''}); "
         f"landmarks {t.get('landmarks', 0):.1f}s, generation {t.get('generation', 0):.1f}s, "
-        f"render {t.get('render', 0):.1f}s, encoding {t.get('encoding', 0):.1f}s, "
+        f"render {t.get('render', 0):.1f}s, "
+        + (f"super-resolution {t['super_resolution']:.1f}s, " if "super_resolution" in t else "")
+        + f"encoding {t.get('encoding', 0):.1f}s, "
         f"{result.fps_end_to_end:.1f} FPS end to end"
     )
     return 0
@@ -85,6 +88,10 @@ def _add_reenact(sub: argparse._SubParsersAction) -> None:
                    help="write the whole photo at its own resolution with the head moved (else the face crop)")
     p.add_argument("--size", choices=["auto", "256", "512", "1024"], default="auto",
                    help="face-crop output side (auto: 512 when the photo has ≥ 512 px across the crop, else 256)")
+    p.add_argument("--sr", action="store_true",
+                   help="a face with fewer than 512 px across in the photo is rendered at 256² and upscaled to 512² by "
+                        "the temporal super-resolution network (slower: a few frames a second on a CPU); a face that "
+                        "has the pixels is rendered at 512² directly (and a line says SR was skipped)")
     p.add_argument("--neutral-mouth", action="store_true",
                    help="relative mode: transfer the expression relative to closed-mouth estimates of both faces, "
                         "so an open-mouthed photo can close its mouth (a warp squeezes visible teeth: off by default)")

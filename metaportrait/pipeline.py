@@ -23,6 +23,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,10 @@ class MetaPortraitPipeline:
         # runtime is built on first use (the ONNX export takes about half a second)
         self.backend = resolve_backend(backend, self.device)
         self._runtime: GeneratorRuntime | None = None
+        # the temporal super-resolution network (ReenactOptions.super_resolution), loaded on first use
+        # from the pipeline folder's 'sr' component (from_pretrained sets the folder)
+        self.weights_folder: Path | None = None
+        self._sr = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -190,8 +195,21 @@ class MetaPortraitPipeline:
         eyes = None if eyes_dir is None else EyeInteriorNetwork.from_pretrained(eyes_dir)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(generator, encoder, device=device, limits=limits, backend=backend, mouth_interior=mouth,
+        pipe = cls(generator, encoder, device=device, limits=limits, backend=backend, mouth_interior=mouth,
                    eye_interior=eyes, mouth_source_margin=fill_margin)
+        pipe.weights_folder = Path(folder)
+        return pipe
+
+    def super_resolution_model(self):
+        """The temporal SR network of the pipeline folder (loaded once, strictly)."""
+        if self._sr is None:
+            from metaportrait.superres import load_sr_model
+
+            if self.weights_folder is None:
+                raise WeightsError("super-resolution needs a pipeline folder with an 'sr' component "
+                                   "(load the pipeline with from_pretrained)")
+            self._sr = load_sr_model(self.weights_folder).to(self.device).eval()
+        return self._sr
 
     # ------------------------------------------------------------------ source
     def prepare_source(self, image: str | Path | np.ndarray, analyzer: FaceAnalyzer | None = None) -> SourceFace:
@@ -362,6 +380,9 @@ class MetaPortraitPipeline:
         ``source`` faces of one photo (:meth:`prepare_sources`) all follow the driver; they need
         ``options.paste_back`` (the output is the whole photo)."""
         stats = {} if stats is None else stats
+        if options.super_resolution:
+            yield from self._animate_super_resolved(source, driving_frames, options, stats, on_frame, fps)
+            return
         sources = [source] if isinstance(source, SourceFace) else list(source)
         if not sources:
             raise ValueError("animate needs at least one source face")
@@ -426,6 +447,35 @@ class MetaPortraitPipeline:
             raise NoFaceError("no face was found in any frame of the driving video")
         stats["frames_without_face"] = float(missed)
 
+    def _animate_super_resolved(self, source, driving_frames, options, stats, on_frame, fps) -> Iterator[np.ndarray]:
+        """``options.super_resolution``: the face crop at 256² through the temporal SR network (with
+        the motion stabilizer) to 512², or at 512² directly when the photo already has the pixels."""
+        from metaportrait.superres import StabilizerConfig, upscale_frames
+
+        first = source if isinstance(source, SourceFace) else list(source)[0]
+        sr = self.super_resolution_model()
+        out = int(sr.config.out_size)
+        if first.crop.side >= out:
+            warnings.warn(f"super-resolution skipped: the face is {first.crop.side:.0f} px across in the photo, "
+                          f"already at least the {out} px SR would give; it is rendered at {out}² from the photo "
+                          "itself", stacklevel=3)
+            yield from self.animate(source, driving_frames, replace(options, super_resolution=False, size=out),
+                                    stats, on_frame, fps)
+            return
+        small = replace(options, super_resolution=False, size=int(sr.config.in_size), visible_label=False)
+        frames = upscale_frames(sr, self.animate(source, driving_frames, small, stats, on_frame, fps),
+                                device=self.device, stabilize=StabilizerConfig())
+        stats["super_resolution"] = 0.0
+        while True:
+            t0, before = time.perf_counter(), sum(stats.get(k, 0.0) for k in ("landmarks", "generation", "render"))
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            after = sum(stats.get(k, 0.0) for k in ("landmarks", "generation", "render"))
+            stats["super_resolution"] += time.perf_counter() - t0 - (after - before)
+            yield add_visible_label(frame) if options.visible_label else frame
+
     def animate_video_source(
         self,
         source_frames: Iterable[np.ndarray],
@@ -461,6 +511,9 @@ class MetaPortraitPipeline:
         output = check_output_path(output)  # before any work: a bad output path fails in a second
         info, limits, max_frames = probe_driving(driving, self.limits, options.max_seconds)
         if is_video_path(source):
+            if options.super_resolution:
+                raise ValueError("super_resolution upscales the face crop of a photo; a video source (dubbing) keeps "
+                                 "its whole frames at their own resolution")
             return dubbing.reenact_video_source(self, Path(source), driving, output, options, limits, progress)
         stats: dict[str, float] = {}
         t0 = time.perf_counter()

@@ -64,6 +64,9 @@ class ReenactOptions:
     smile: float = 0.0  # retargeting: add a smile (−1 … 1)
     face: int | Literal["all"] | None = None  # which face of the photo: None = the largest, 1.. from the left, "all"
     audio: Literal["driving", "source"] = "driving"  # a video source: whose audio the output keeps
+    # render a face with fewer pixels than the SR output (512) at 256² and upscale it with the
+    # temporal super-resolution network; a face that has the pixels is rendered at 512² directly
+    super_resolution: bool = False
 
     def __post_init__(self) -> None:
         if self.audio not in ("driving", "source"):
@@ -74,6 +77,11 @@ class ReenactOptions:
             raise ValueError(f"face must be None, 'all' or a number from 1 (the leftmost face), got {self.face!r}")
         if self.face == "all" and not self.paste_back:
             object.__setattr__(self, "paste_back", True)  # several faces live in the whole photo
+        if self.super_resolution and self.paste_back:
+            raise ValueError("super_resolution upscales the face crop; the whole photo (paste_back, or every face) "
+                             "is already drawn at the photo's own resolution")
+        if self.super_resolution and self.size not in (None, 512):
+            raise ValueError(f"super_resolution gives 512² faces; size must be None or 512, got {self.size!r}")
         object.__setattr__(self, "parts", tuple(self.parts))
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown or not self.parts:
