@@ -162,7 +162,9 @@ def test_gated_recipe_trains_on_the_head_prior(prepared_data, tmp_path):
     assert float(model.refinement.gate_head.weight.abs().max()) > 0
     assert float(model.warping.flow_head.weight.abs().max()) == 0
     logged = [json.loads(line) for line in (tmp_path / "run" / "losses.jsonl").read_text().splitlines()]
-    assert all(0 < rec["gate_mean"] < 1 for rec in logged)
+    # logged every step; 0 on a batch whose warp magnifies nothing (no region: the residual is off)
+    assert len(logged) == 3 and all(0 <= rec["gate_mean"] < 1 for rec in logged)
+    assert any(rec["gate_mean"] > 0 for rec in logged)
     with pytest.raises(ValueError, match="prior_mesh"):
         BaseTrainConfig(data_dir="x", output_dir="y", prior_mesh="hair")
 
