@@ -32,7 +32,8 @@ import torch
 from metaportrait.models.temporal_sr import TemporalSuperResolution
 from metaportrait.tensors import to_tensor, to_uint8
 
-__all__ = ["StabilizerConfig", "TemporalStabilizer", "bicubic_upscale", "default_overlap", "load_sr_model", "upscale_frames", "upscale_video"]
+__all__ = ["StabilizerConfig", "TemporalStabilizer", "bicubic_upscale", "default_overlap", "load_sr_model",
+           "upscale_frames", "upscale_video"]
 
 
 def default_overlap(window: int) -> int:
