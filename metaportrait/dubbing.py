@@ -19,8 +19,7 @@ import numpy as np
 from metaportrait.errors import NoFaceError
 from metaportrait.face import CropTransform, transfer_landmarks
 from metaportrait.face.controls import apply_parts
-from metaportrait.face.head_mesh import head_points, silhouette_factors
-from metaportrait.face.mesh_warp import source_triangles
+from metaportrait.face.head_mesh import head_rig, silhouette_factors
 from metaportrait.face.segmentation import person_mask
 from metaportrait.io import InputLimits
 from metaportrait.live_session import MotionModel
@@ -71,8 +70,7 @@ def animate_video_source(pipe: DubbingModel, source_frames: Iterable[np.ndarray]
             if base is None:  # identity and head silhouette from the first frame with a face
                 base = pipe.source_from_crop(face, lm, image=frame, crop=crop)
                 silhouette = silhouette_factors(lm, person_mask(face))
-            rings = head_points(lm, pipe.size, pipe.size, silhouette)
-            triangles = source_triangles(np.concatenate([lm[:, :2], rings.points]), pipe.size, pipe.size)
+            rings, triangles = head_rig(lm, pipe.size, silhouette)
             src = SourceFace(image=frame, crop=crop, face=face, landmarks=lm, identity=base.identity,
                              rings=rings, triangles=triangles)
             # this frame's own face, its mouth (made neutral first: the source's own speech is

@@ -48,8 +48,7 @@ from metaportrait.face.controls import (
     set_eye_opening,
     set_mouth_opening,
 )
-from metaportrait.face.head_mesh import head_points, head_warp_grid, silhouette_factors
-from metaportrait.face.mesh_warp import source_triangles
+from metaportrait.face.head_mesh import head_rig, head_warp_grid, silhouette_factors
 from metaportrait.face.motion import STABLE_POINTS, irises_inside_eyelids
 from metaportrait.face.segmentation import person_mask
 from metaportrait.io import DEFAULT_LIMITS, InputLimits, load_image
@@ -256,8 +255,7 @@ class MetaPortraitPipeline:
         if crop is None:
             crop = CropTransform(center=(self.size / 2, self.size / 2), side=float(self.size), size=self.size)
         silhouette = silhouette_factors(landmarks, person_mask(face))
-        rings = head_points(landmarks, self.size, self.size, silhouette)
-        triangles = source_triangles(np.concatenate([landmarks[:, :2], rings.points]), self.size, self.size)
+        rings, triangles = head_rig(landmarks, self.size, silhouette)
         return SourceFace(image=face if image is None else image, crop=crop, face=face, landmarks=landmarks,
                           identity=identity, rings=rings, triangles=triangles,
                           landmarks_3d=None if landmarks_3d is None else np.asarray(landmarks_3d, np.float32))

@@ -139,16 +139,21 @@ def face_box(landmarks: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, i
     return (int(np.clip(lo[0], 0, w)), int(np.clip(lo[1], 0, h)), int(np.clip(hi[0], 0, w)), int(np.clip(hi[1], 0, h)))
 
 
-def sobel_detail(image: np.ndarray, box: tuple[int, int, int, int]) -> float:
-    """Mean Sobel gradient magnitude of the grey image inside ``box`` (fine detail: skin texture,
-    eyelashes, hair strands; blur lowers it)."""
+def sobel_magnitude(image: np.ndarray) -> np.ndarray:
+    """``H×W`` float32 Sobel gradient magnitude (3×3) of the grey image."""
     import cv2
 
-    x0, y0, x1, y1 = box
     grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    mag = np.sqrt(gx * gx + gy * gy)[y0:y1, x0:x1]
+    return np.sqrt(gx * gx + gy * gy)
+
+
+def sobel_detail(image: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Mean Sobel gradient magnitude of the grey image inside ``box`` (fine detail: skin texture,
+    eyelashes, hair strands; blur lowers it)."""
+    x0, y0, x1, y1 = box
+    mag = sobel_magnitude(image)[y0:y1, x0:x1]
     return float(mag.mean()) if mag.size else float("nan")
 
 
@@ -208,18 +213,11 @@ def stretch_mask(grid: np.ndarray) -> np.ndarray:
 
 def stretch_scores(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """PSNR and detail ratio (output / truth mean Sobel magnitude) over the pixels of ``mask``."""
-    import cv2
-
     if int(mask.sum()) < STRETCH_MIN_PIXELS:
         return {}
-
-    def sobel(img):
-        grey = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY).astype(np.float32)
-        return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3))[mask]
-
-    ref = float(sobel(truth).mean())
+    ref = float(sobel_magnitude(truth)[mask].mean())
     return {"stretch_psnr": psnr(output[mask], truth[mask]),
-            "stretch_detail": float(sobel(output).mean()) / ref if ref > 0 else float("nan")}
+            "stretch_detail": float(sobel_magnitude(output)[mask].mean()) / ref if ref > 0 else float("nan")}
 
 
 def eye_opening(landmarks: np.ndarray) -> float:

@@ -454,8 +454,16 @@ def head_warp_grid(
     return (ident + m * disp + (1.0 - m) * smooth).astype(np.float32)
 
 
+
+def head_rig(landmarks: np.ndarray, size: int, silhouette: np.ndarray | None = None) -> tuple[HeadRings, np.ndarray]:
+    """What the full-head mesh warp needs once per source face in a ``size²`` crop: its extension
+    rings (:func:`head_points`) and the fixed triangulation of face + rings (:func:`source_triangles`)."""
+    rings = head_points(landmarks, size, size, silhouette)
+    return rings, source_triangles(np.concatenate([np.asarray(landmarks)[:, :2], rings.points]), size, size)
+
 __all__ = [
     "SMOOTH_SIGMA",
+    "head_rig",
     "head_warp_grid",
     "EXTENSION_SIZE",
     "HeadRings",

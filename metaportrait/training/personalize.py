@@ -227,7 +227,8 @@ def personalize_mouth(network, train: PersonFrames, val: PersonFrames | None, op
                       seconds: float | None, steps: int | None) -> MouthPersonalization:
     """Fine-tune ``network`` in place on ``train`` (:func:`~metaportrait.training.train_mouth.finetune_mouth`);
     when ``val`` has open mouths, restore the starting weights unless the held-back error fell."""
-    from metaportrait.training.train_mouth import MouthPairs, finetune_mouth, masked_error, validation_pairs
+    from metaportrait.training.train_mouth import (MouthPairs, finetune_mouth, masked_error, validation_indices,
+                                                   validation_pairs)
 
     cfg = network.config
     val_pairs = None
@@ -247,13 +248,10 @@ def personalize_mouth(network, train: PersonFrames, val: PersonFrames | None, op
         network.load_state_dict(start)
     fill_errors, margin = None, SOURCE_MARGIN
     if kept and val_pairs is not None:
-        n = len(train)
-        sources = [train.landmarks[k % n] for k, lm in enumerate(val.landmarks) if mouth_opening(lm) >= VAL_OPEN]
-        targets = [lm for lm in val.landmarks if mouth_opening(lm) >= VAL_OPEN]
+        pairs = [(train.landmarks[s], val.landmarks[k]) for s, k in validation_indices(len(train), val.landmarks, VAL_OPEN)]
         fill_errors = {
-            "beyond the source": fill_error(network, val_pairs, [fill_strength(t, s_) for s_, t in zip(sources, targets)]),
-            "every open mouth": fill_error(network, val_pairs,
-                                           [fill_strength(t, s_, source_margin=None) for s_, t in zip(sources, targets)]),
+            "beyond the source": fill_error(network, val_pairs, [fill_strength(t, s_) for s_, t in pairs]),
+            "every open mouth": fill_error(network, val_pairs, [fill_strength(t, s_, source_margin=None) for s_, t in pairs]),
         }
         if fill_errors["every open mouth"] < fill_errors["beyond the source"]:
             margin = None
@@ -359,8 +357,6 @@ def personalize(person: PersonFrames, output_dir: str | Path, *, weights: str | 
 
     preview_pair = (0, len(person) // 2)
     if mouth_network is not None:  # show the widest mouth: where the person-specific mouth is drawn
-        from metaportrait.mouth import mouth_opening
-
         preview_pair = (0, 1 + int(np.argmax([mouth_opening(lm) for lm in person.landmarks[1:]])))
     encoder = load_identity_encoder(None)
     before = render_preview(generator, encoder, person, *preview_pair, mouth=mouth_network)

@@ -208,11 +208,10 @@ def _prior_grid(src_lm: np.ndarray, drv_lm: np.ndarray, size: int, grid_size: in
     from metaportrait.face import mesh_warp_grid
 
     if head:
-        from metaportrait.face.head_mesh import head_points, head_warp_grid, source_triangles
+        from metaportrait.face.head_mesh import head_rig, head_warp_grid
 
         src, drv = np.asarray(src_lm, np.float64), np.asarray(drv_lm, np.float64)
-        rings = head_points(src, size, size)
-        tris = source_triangles(np.concatenate([src[:, :2], rings.points]), size, size)
+        rings, tris = head_rig(src, size)
         return torch.from_numpy(np.ascontiguousarray(head_warp_grid(src, drv, rings, size, triangles=tris)))
     g = torch.from_numpy(mesh_warp_grid(src_lm, drv_lm, size, out_size=grid_size))
     if grid_size is not None and grid_size != size:

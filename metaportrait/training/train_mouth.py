@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaportrait.face.head_mesh import head_points, head_warp_grid, source_triangles
+from metaportrait.face.head_mesh import head_rig, head_warp_grid
 from metaportrait.face.regions import MOUTH_INNER, MOUTH_OUTER
 from metaportrait.models.discriminator import DiscriminatorConfig, MultiScalePatchDiscriminator
 from metaportrait.models.mouth_interior import MouthInteriorConfig, MouthInteriorNetwork, composite
@@ -58,8 +58,7 @@ def warp_source(frames: np.ndarray, lms: np.ndarray, s: int, t: int, rings_cache
     (``WORK``²; ``rings_cache`` keeps each source's head rings and triangles)."""
     src_lm, tgt_lm = np.asarray(lms[s], np.float64), np.asarray(lms[t], np.float64)
     if s not in rings_cache:
-        rings = head_points(src_lm, WORK, WORK)
-        rings_cache[s] = (rings, source_triangles(np.concatenate([src_lm[:, :2], rings.points]), WORK, WORK))
+        rings_cache[s] = head_rig(src_lm, WORK)
     rings, tris = rings_cache[s]
     grid = head_warp_grid(src_lm, tgt_lm, rings, WORK, triangles=tris)
     return render_crop(np.asarray(frames[s]), grid)
@@ -368,6 +367,12 @@ def finetune_mouth(network: MouthInteriorNetwork, frames: np.ndarray, landmarks:
     return {"steps": float(done), "seconds": time.monotonic() - t0, "pairs": float(len(pairs))}
 
 
+def validation_indices(n_train: int, val_landmarks: np.ndarray, open_threshold: float = 0.05) -> list[tuple[int, int]]:
+    """``(training frame, held-back frame)`` index pairs of :func:`validation_pairs`: every held-back
+    frame whose mouth opens at least ``open_threshold``, the training frames as sources in turn."""
+    return [(k % n_train, k) for k, lm in enumerate(val_landmarks) if mouth_opening(lm) >= open_threshold]
+
+
 def validation_pairs(train_frames: np.ndarray, train_landmarks: np.ndarray, val_frames: np.ndarray,
                      val_landmarks: np.ndarray, mouth_width: float, open_threshold: float = 0.05) -> dict[str, np.ndarray]:
     """Mouth pairs whose targets are the held-back frames with an open mouth (sources: the training
@@ -377,10 +382,8 @@ def validation_pairs(train_frames: np.ndarray, train_landmarks: np.ndarray, val_
     n = len(train_frames)
     rows: dict[str, list[np.ndarray]] = {}
     rings_cache: dict = {}
-    for k, lm in enumerate(val_landmarks):
-        if mouth_opening(lm) < open_threshold:
-            continue
-        for key, v in _pair(frames, lms, k % n, n + k, mouth_width, rings_cache).items():
+    for s, k in validation_indices(n, val_landmarks, open_threshold):
+        for key, v in _pair(frames, lms, s, n + k, mouth_width, rings_cache).items():
             rows.setdefault(key, []).append(v)
     return {k: np.stack(v) for k, v in rows.items()}
 
